@@ -1,0 +1,122 @@
+"""The approval service that HTTP and the CLI share."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from redis.exceptions import RedisError
+
+from phase1 import events, executions, plans
+from phase1 import queue as jobs
+from phase1.context import Phase1
+from phase1.errors import ConflictError, InvalidInputError, PermanentJobError, UnavailableError
+from phase1.schemas import Plan, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Approval:
+    """The outcome of approving a plan in queue mode."""
+
+    job_id: str
+    plan_id: UUID
+    status: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class SyncApproval:
+    """The outcome of approving a plan in sync mode: the plan and its tasks, made inline."""
+
+    plan: Plan
+    tasks: list[Task]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.model_dump(mode="json"),
+            "tasks": [t.model_dump(mode="json") for t in self.tasks],
+        }
+
+
+def approve(ctx: Phase1, plan_id: UUID) -> Approval:
+    """Approve the plan and enqueue its Phase 1 job; idempotent (one job per plan).
+
+    The plan's status and the `pending` execution row commit together; the job is enqueued
+    after the commit (a transactional outbox: if Redis fails now, the reconciler enqueues it).
+    """
+    settings = ctx.settings
+    with ctx.transaction() as conn:
+        # The row lock serialises concurrent approvals of one plan.
+        plan = plans.get_plan(conn, plan_id, lock=True)
+        if plan.status == "rejected":
+            raise ConflictError(f"plan {plan_id} is rejected and cannot be approved")
+        existing = executions.for_plan(conn, plan_id)
+        if existing is None:
+            if plan.status != "approved":
+                plans.set_plan_status(conn, plan_id, "approved")
+            job_id = str(uuid.uuid4())
+            executions.insert(
+                conn,
+                plan_id=plan_id,
+                job_id=job_id,
+                queue=settings.queue,
+                max_attempts=settings.max_attempts,
+            )
+    if existing is not None:
+        job_id, status = existing["job_id"], existing["status"]
+        if status == "failed":
+            raise ConflictError(
+                f"plan {plan_id} was approved; its job {job_id} failed and is in the "
+                f"dead-letter queue (phase1 dlq requeue {job_id})"
+            )
+        if status == "pending" and not jobs.job_in_redis(ctx, job_id):
+            jobs.enqueue(ctx, job_id, plan_id)  # an earlier enqueue was lost: mend it now
+        return Approval(job_id=job_id, plan_id=plan_id, status=status, created=False)
+
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        jobs.enqueue(ctx, job_id, plan_id, pipeline=pipe)
+        events.emit(
+            pipe,
+            settings.queue,
+            events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue}),
+            maxlen=settings.event_stream_maxlen,
+        )
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            raise UnavailableError(
+                f"approval of plan {plan_id} is recorded as job {job_id} but Redis is "
+                f"unavailable ({exc}); it will be enqueued once Redis is back"
+            ) from exc
+    return Approval(job_id=job_id, plan_id=plan_id, status="pending", created=True)
+
+
+def reject(ctx: Phase1, plan_id: UUID) -> Plan:
+    """Reject a plan that has not been approved; rejecting twice is harmless."""
+    with ctx.transaction() as conn:
+        plan = plans.get_plan(conn, plan_id, lock=True)
+        if plan.status == "rejected":
+            return plan
+        if plan.status == "approved":
+            raise ConflictError(f"plan {plan_id} is already approved and cannot be rejected")
+        return plans.set_plan_status(conn, plan_id, "rejected")
+
+
+def approve_sync(ctx: Phase1, plan_id: UUID) -> SyncApproval:
+    """The flow as it was before the queue: approve and create the tasks inline."""
+    with ctx.transaction() as conn:
+        plan = plans.get_plan(conn, plan_id, lock=True)
+        if plan.status == "rejected":
+            raise ConflictError(f"plan {plan_id} is rejected and cannot be approved")
+        if plan.status != "approved":
+            plan = plans.set_plan_status(conn, plan_id, "approved")
+        try:
+            _, tasks = plans.create_phase1_tasks(conn, plan_id)
+        except PermanentJobError as exc:
+            raise InvalidInputError(str(exc)) from exc
+    return SyncApproval(plan=plan, tasks=tasks)

@@ -1,0 +1,65 @@
+"""`phase1 demo`: the main job end to end, on whatever Redis and PostgreSQL resolve to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import typer
+from rich.table import Table
+
+from phase1 import approval, db, plans
+from phase1 import queue as jobs
+from phase1.cli.common import EXIT_FAILURE, state, stderr, stdout
+from phase1.schemas import FINAL_STATUSES, SAMPLE_ANALYSIS
+
+
+def demo(
+    ctx: typer.Context,
+    timeout: float = typer.Option(60, "--timeout", help="Seconds to wait for the job."),
+) -> None:
+    """Migrate, create a sample plan, approve it, let a worker create its tasks, show them.
+
+    Example: phase1 demo
+    """
+    st = state(ctx)
+    settings = st.resolved()
+    err = stderr()
+    err.print(f"Redis: {settings.redis_url}   PostgreSQL: {settings.database_url}", highlight=False)
+    assert settings.database_url
+    db.migrate(settings.database_url)
+    phase1 = st.connect()
+    with phase1.transaction() as conn:
+        plan = plans.create_plan(conn, "Demo plan", SAMPLE_ANALYSIS)
+    err.print(f"created plan {plan.id} with {len(SAMPLE_ANALYSIS['phase1'])} Phase 1 tasks")
+    started = time.monotonic()
+    result = approval.approve(phase1, plan.id)
+    err.print(f"approved: job {result.job_id} is {result.status}; starting a worker")
+    env_urls = {"REDIS_URL": settings.redis_url or "", "DATABASE_URL": settings.database_url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "phase1", "worker"],
+        env={**os.environ, **env_urls},
+    )
+    try:
+        view = jobs.view(phase1, result.job_id)
+        while view.status not in FINAL_STATUSES and time.monotonic() - started < timeout:
+            time.sleep(0.1)
+            view = jobs.view(phase1, result.job_id)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=40)
+    out = stdout()
+    out.print(
+        f"job {view.jobId}: [bold]{view.status}[/] after {time.monotonic() - started:.2f}s "
+        f"(attempt {view.attempt})"
+    )
+    with phase1.transaction() as conn:
+        tasks = plans.list_tasks(conn, plan.id)
+    table = Table("key", "title", "status", title=f"Phase 1 tasks of plan {plan.id}")
+    for task in tasks:
+        table.add_row(task.key, task.title, task.status)
+    out.print(table)
+    if view.status != "completed":
+        raise typer.Exit(EXIT_FAILURE)

@@ -1,0 +1,91 @@
+"""`phase1 plans`: make a plan to approve, and look at one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from phase1 import executions, plans
+from phase1.cli.common import Phase1Group, print_json, state, stdout
+from phase1.errors import InvalidInputError
+from phase1.schemas import SAMPLE_ANALYSIS
+
+app = typer.Typer(
+    cls=Phase1Group,
+    help="Create and show marketplace plans.",
+    no_args_is_help=True,
+)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    title: str = typer.Option(..., "--title", "-t", help="The plan's title."),
+    analysis: Path | None = typer.Option(
+        None,
+        "--analysis",
+        "-a",
+        help='JSON file {"phase1": [{"key","title","description"}, ...]}; '
+        "a built-in sample of 5 tasks when omitted.",
+        dir_okay=False,
+    ),
+) -> None:
+    """Create a plan (status `analyzed`) and print its id alone.
+
+    Example: plan=$(phase1 plans create --title "Acme rollout")
+    """
+    document = SAMPLE_ANALYSIS
+    if analysis is not None:
+        try:
+            document = json.loads(analysis.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidInputError(f"analysis file {analysis} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"cannot read analysis file {analysis}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"analysis file {analysis} is not JSON: {exc}") from None
+    plans.validate_analysis(document)
+    with state(ctx).connect().transaction() as conn:
+        plan = plans.create_plan(conn, title, document)
+    typer.echo(str(plan.id))
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    plan_id: str = typer.Argument(..., help="The plan's UUID."),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print {"plan": {...}, "tasks": [...], "job": {...}|null}.'
+    ),
+) -> None:
+    """Show a plan, its job and its Phase 1 tasks.
+
+    Example: phase1 plans show 0b7e…  --json
+    """
+    pid = plans.parse_uuid(plan_id)
+    with state(ctx).connect().transaction() as conn:
+        plan = plans.get_plan(conn, pid)
+        tasks = plans.list_tasks(conn, pid)
+        execution = executions.for_plan(conn, pid)
+    job = None
+    if execution is not None:
+        job = {"jobId": execution["job_id"], "status": execution["status"]}
+    if as_json:
+        print_json(
+            {
+                "plan": plan.model_dump(mode="json"),
+                "tasks": [t.model_dump(mode="json") for t in tasks],
+                "job": job,
+            }
+        )
+        return
+    out = stdout()
+    out.print(f"[bold]{plan.title}[/]  {plan.id}")
+    out.print(f"status: {plan.status}   job: {job['jobId'] + ' ' + job['status'] if job else '-'}")
+    table = Table("key", "title", "status", "id", title=f"Phase 1 tasks ({len(tasks)})")
+    for task in tasks:
+        table.add_row(task.key, task.title, task.status, str(task.id))
+    out.print(table)

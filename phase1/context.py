@@ -1,0 +1,112 @@
+"""Connections built in one place: a `Phase1` holds the settings, Redis and the PG pool."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from phase1 import db
+from phase1.errors import ConfigError
+from phase1.settings import Settings
+
+
+@dataclass
+class Phase1:
+    """What every service function takes: settings and live connections, passed in."""
+
+    settings: Settings
+    redis: Redis
+    pool: ConnectionPool[db.Conn]
+    _queues: dict[str, Queue] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return _required(self.settings.redis_url, "REDIS_URL")
+
+    @property
+    def database_url(self) -> str:
+        return _required(self.settings.database_url, "DATABASE_URL")
+
+    def queue(self, name: str | None = None) -> Queue:
+        """The RQ queue `name` (the job queue by default), always with the JSON serializer."""
+        name = name or self.settings.queue
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.redis, serializer=JSONSerializer)
+        return self._queues[name]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[db.Conn]:
+        with db.transaction(self.pool, self.database_url) as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.pool.close()
+        self.redis.close()
+
+
+def _required(value: str | None, name: str) -> str:
+    if not value:
+        raise ConfigError(f"{name} is not resolved; call phase1.embedded.resolve first")
+    return value
+
+
+def redis_client(url: str, **kwargs: Any) -> Redis:
+    """A Redis client with timeouts, so a hung server fails calls instead of hanging them."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
+    }
+    options.update(kwargs)
+    return Redis.from_url(url, **options)
+
+
+def build(settings: Settings, *, pool_size: int = 4, http: bool = False) -> Phase1:
+    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use)."""
+    database_url = _required(settings.database_url, "DATABASE_URL")
+    redis = redis_client(_required(settings.redis_url, "REDIS_URL"))
+    statement_ms = 2500 if http else settings.db_statement_timeout_ms
+    lock_ms = 2000 if http else settings.db_lock_timeout_ms
+    pool = db.open_pool(
+        database_url,
+        statement_timeout_ms=statement_ms,
+        lock_timeout_ms=lock_ms,
+        max_size=pool_size,
+    )
+    return Phase1(settings=settings, redis=redis, pool=pool)
+
+
+_process_context: tuple[int, Phase1] | None = None
+
+
+def for_worker_process() -> Phase1:
+    """The context of this worker process, built once per PID (a fork gets its own).
+
+    Job functions are called by RQ with their arguments only; a plain `rq worker` gives them
+    no other way to reach PostgreSQL, so they build one from the environment here.
+    """
+    global _process_context
+    pid = os.getpid()
+    if _process_context is not None and _process_context[0] == pid:
+        return _process_context[1]
+    from phase1.embedded import resolve
+    from phase1.settings import load_settings
+
+    ctx = build(resolve(load_settings()))
+    _process_context = (pid, ctx)
+    return ctx
+
+
+def install_worker_context(ctx: Phase1) -> None:
+    """Let `phase1 worker` hand its own context to the jobs it runs."""
+    global _process_context
+    _process_context = (os.getpid(), ctx)

@@ -1,0 +1,41 @@
+"""Queue names and Redis keys: every name phase1 writes to Redis is built here."""
+
+from __future__ import annotations
+
+JOB_FUNC = "phase1.job.run_phase1_job"
+WEBHOOK_FUNC = "phase1.webhooks.deliver"
+
+
+def webhook_queue(queue: str) -> str:
+    """The RQ queue for webhook deliveries, so a slow receiver never slows jobs."""
+    return f"{queue}-webhooks"
+
+
+def dlq_index(queue: str) -> str:
+    """Sorted set of dead-lettered job ids, scored by the time they failed."""
+    return f"phase1:{queue}:dlq"
+
+
+def dlq_entry(queue: str, job_id: str) -> str:
+    """String holding one DLQ entry as JSON."""
+    return f"phase1:{queue}:dlq:{job_id}"
+
+
+def event_stream(queue: str) -> str:
+    """Capped Redis Stream of lifecycle events."""
+    return f"phase1:{queue}:events"
+
+
+def heartbeats(queue: str) -> str:
+    """Sorted set of active job ids scored by their last heartbeat (unix seconds)."""
+    return f"phase1:{queue}:heartbeats"
+
+
+def sweep_lock(queue: str) -> str:
+    """Short lock so only one worker sweeps orphans at a time."""
+    return f"phase1:{queue}:sweep-lock"
+
+
+def rq_job(job_id: str) -> str:
+    """RQ's own hash for a job."""
+    return f"rq:job:{job_id}"

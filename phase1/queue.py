@@ -1,0 +1,92 @@
+"""Enqueueing Phase 1 jobs (retry policy, timeout, callbacks) and looking them up."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from redis.client import Pipeline
+from redis.exceptions import RedisError
+from rq import Callback, Retry
+from rq.exceptions import DuplicateJobError
+from rq.job import Job
+
+from phase1 import executions, keys
+from phase1.context import Phase1
+from phase1.errors import NotFoundError, UnavailableError
+from phase1.schemas import JobPayload, JobView
+from phase1.settings import Settings, redact_url
+
+FAILURE_CALLBACK = "phase1.job.on_failure"
+# Finished jobs stay in Redis a while for rq tools; PostgreSQL remembers them for good.
+RESULT_TTL = 3600
+# RQ's failed registry keeps exhausted jobs this long; the DLQ (ours) is the real record.
+FAILURE_TTL = 365 * 24 * 3600
+
+
+def retry_policy(settings: Settings) -> Retry | None:
+    """RQ's Retry with the schedule padded so the *last* interval repeats (RQ repeats the
+    first) and cut to `max` entries (RQ indexes from the end of the list)."""
+    schedule = settings.retry_schedule()
+    if not schedule:
+        return None
+    # RQ's annotation says int, but it only does timedelta(seconds=...) with the value.
+    return Retry(max=len(schedule), interval=schedule)  # type: ignore[arg-type]
+
+
+def job_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "retry": retry_policy(settings),
+        "job_timeout": settings.job_timeout,
+        "on_failure": Callback(FAILURE_CALLBACK, timeout=max(10, settings.job_timeout)),
+        "result_ttl": RESULT_TTL,
+        "failure_ttl": FAILURE_TTL,
+    }
+
+
+def enqueue(ctx: Phase1, job_id: str, plan_id: UUID, *, pipeline: Pipeline | None = None) -> Job:
+    """Put the job on the queue; a job id Redis already holds is left alone (no double run).
+
+    Raises UnavailableError when Redis cannot take it; the caller's PostgreSQL row stays
+    `pending` and the reconciler enqueues it later.
+    """
+    payload = JobPayload(planId=plan_id).model_dump(mode="json")
+    # rq's unique check is a Lua script that runs at once, outside any pipeline; a pipelined
+    # enqueue is only used for fresh ids, which nothing else can hold.
+    try:
+        return ctx.queue().enqueue(
+            keys.JOB_FUNC,
+            payload,
+            job_id=job_id,
+            unique=pipeline is None,
+            description=f"Phase 1 tasks for plan {plan_id}",
+            meta={"planId": str(plan_id)},
+            pipeline=pipeline,
+            **job_options(ctx.settings),
+        )
+    except DuplicateJobError:
+        return Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
+        ) from exc
+
+
+def job_in_redis(ctx: Phase1, job_id: str) -> bool:
+    try:
+        return bool(ctx.redis.exists(keys.rq_job(job_id)))
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
+        ) from exc
+
+
+def view(ctx: Phase1, job_id: str) -> JobView:
+    """The job as the polling route shows it, from PostgreSQL (the system of record)."""
+    if len(job_id) > 255:
+        raise NotFoundError("job not found (id longer than 255 characters)")
+    with ctx.transaction() as conn:
+        row = executions.get(conn, job_id)
+    if row is None:
+        raise NotFoundError(f"job {job_id} not found")
+    return JobView.from_row(row)

@@ -1,0 +1,165 @@
+"""Settings: the only reader of the environment (and of `.env`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from phase1.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://localhost:5432/phase1"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything phase1 can be configured with, validated once at start-up.
+
+    `redis_url`/`database_url` left unset mean "the default address, or the embedded
+    servers when nothing answers there" (see `phase1.embedded.resolve`).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PHASE1_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    queue: str = Field(default="phase1-tasks", min_length=1, max_length=100, pattern=r"^[\w.-]+$")
+    max_retries: int = Field(default=3, ge=0, le=100)
+    retry_intervals: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0]
+    )
+    job_timeout: int = Field(default=10, ge=1, le=86_400)
+    shutdown_timeout: float = Field(default=30, gt=0, le=86_400)
+    approval_mode: Literal["queue", "sync"] = "queue"
+    api_token: SecretStr | None = None
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    webhook_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["job:completed", "job:failed"]
+    )
+    # How long DLQ entries live; 0 keeps them until an operator acts (the default).
+    dlq_retention: int = Field(default=0, ge=0)
+    # Events kept in the Redis stream (approximate cap, XADD MAXLEN ~).
+    event_stream_maxlen: int = Field(default=100_000, ge=100)
+    # Seconds without a heartbeat after which an `active` job counts as orphaned.
+    orphan_after: float = Field(default=15, gt=0, le=3600)
+    # Where the embedded Redis and PostgreSQL keep their data.
+    home: Path = Path(".phase1")
+
+    @field_validator("retry_intervals", mode="before")
+    @classmethod
+    def _parse_intervals(cls, value: Any) -> Any:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            for part in parts:
+                try:
+                    number = float(part)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{part!r} is not a number of seconds") from None
+                if number < 0:
+                    raise ValueError(f"{part!r} is negative")
+        return parts
+
+    @field_validator("webhook_urls", "webhook_events", mode="before")
+    @classmethod
+    def _parse_lists(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return urls
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must start with postgresql://")
+        return url
+
+    @model_validator(mode="after")
+    def _check_intervals_present(self) -> Settings:
+        if self.max_retries > 0 and not self.retry_intervals:
+            raise ValueError("PHASE1_RETRY_INTERVALS must list at least one interval")
+        return self
+
+    def retry_schedule(self) -> list[float]:
+        """The wait before each retry, one entry per retry; the last interval repeats."""
+        if self.max_retries == 0:
+            return []
+        intervals = list(self.retry_intervals[: self.max_retries])
+        intervals += [intervals[-1]] * (self.max_retries - len(intervals))
+        return intervals
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
+
+    @property
+    def db_statement_timeout_ms(self) -> int:
+        """Below the job timeout, so PostgreSQL gives up before RQ kills the attempt."""
+        return max(200, int(self.job_timeout * 1000 * 0.7))
+
+    @property
+    def db_lock_timeout_ms(self) -> int:
+        return max(100, int(self.job_timeout * 1000 * 0.5))
+
+
+ENV_NAMES = {"redis_url": "REDIS_URL", "database_url": "DATABASE_URL"}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    return ENV_NAMES.get(field, f"PHASE1_{field.upper()}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment once; a bad value raises ConfigError naming it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        name = env_name(field.lower()) if field and field not in ENV_NAMES.values() else field
+        message = first["msg"].removeprefix("Value error, ")
+        given = first.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) and name else ""
+        where = f"{name}: " if name else ""
+        raise ConfigError(f"invalid setting {where}{message}{shown}") from None
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up a virtualenv, installs phase1 with its test tools, then lints, type-checks and runs
+# the tests. Works on a machine with no Redis or PostgreSQL: the tests then start embedded ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade 'pip>=24' 2>/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

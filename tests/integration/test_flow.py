@@ -1,0 +1,195 @@
+"""Approval to created tasks on real Redis, PostgreSQL and RQ worker processes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from rq.job import Job
+from support import Processes, inject_fault, wait_until
+
+from phase1 import approval, executions, plans
+from phase1 import queue as jobs
+from phase1.context import Phase1, build
+from phase1.errors import ConflictError, NotFoundError, PermanentJobError
+from phase1.schemas import SAMPLE_ANALYSIS
+from phase1.settings import Settings
+
+
+def make_plan(ctx: Phase1, analysis: dict[str, object] | None = None) -> uuid.UUID:
+    with ctx.transaction() as conn:
+        return plans.create_plan(conn, "Test plan", analysis or SAMPLE_ANALYSIS).id
+
+
+def completed(ctx: Phase1, job_id: str) -> bool:
+    return jobs.view(ctx, job_id).status == "completed"
+
+
+def task_keys(ctx: Phase1, plan_id: uuid.UUID) -> list[str]:
+    with ctx.transaction() as conn:
+        return [t.key for t in plans.list_tasks(conn, plan_id)]
+
+
+SAMPLE_KEYS = [t["key"] for t in SAMPLE_ANALYSIS["phase1"]]  # type: ignore[index]
+
+
+def test_phase1_worker_completes_an_approved_plan(ctx: Phase1, processes: Processes) -> None:
+    plan_id = make_plan(ctx)
+    result = approval.approve(ctx, plan_id)
+    assert result.created and result.status == "pending"
+    assert jobs.view(ctx, result.job_id).status == "pending"
+    processes.worker(ctx.settings)
+    wait_until(lambda: completed(ctx, result.job_id), what="job completed")
+    view = jobs.view(ctx, result.job_id)
+    assert view.attempt == 1 and view.progress == 100
+    assert view.result is not None and view.result["tasksCreated"] == 5
+    assert len(view.result["taskIds"]) == 5
+    assert view.startedAt is not None and view.completedAt is not None
+    assert task_keys(ctx, plan_id) == SAMPLE_KEYS
+    with ctx.transaction() as conn:
+        plan = plans.get_plan(conn, plan_id)
+        history = executions.attempts(conn, result.job_id)
+    assert plan.status == "approved"
+    assert [(a["attempt"], a["status"]) for a in history] == [(1, "completed")]
+    # RQ holds the same result.
+    job = Job.fetch(result.job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+    assert job.return_value() == view.result
+
+
+def test_plain_rq_worker_runs_phase1_jobs(ctx: Phase1, processes: Processes) -> None:
+    plan_id = make_plan(ctx)
+    result = approval.approve(ctx, plan_id)
+    processes.rq_worker(ctx.settings)
+    wait_until(lambda: completed(ctx, result.job_id), what="job completed under rq worker")
+    assert task_keys(ctx, plan_id) == SAMPLE_KEYS
+
+
+def test_enqueued_job_carries_the_storys_defaults(
+    make_settings: object, processes: Processes
+) -> None:
+    settings = make_settings(  # type: ignore[operator]
+        max_retries=3, retry_intervals=[1, 5, 30], job_timeout=10
+    )
+    ctx = build(settings)
+    try:
+        result = approval.approve(ctx, make_plan(ctx))
+        job = Job.fetch(result.job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+        assert job.retries_left == 3
+        assert job.retry_intervals == [1, 5, 30]
+        assert job.timeout == 10
+        assert job._failure_callback_name == "phase1.job.on_failure"
+        assert job.origin == settings.queue
+        assert jobs.view(ctx, result.job_id).maxAttempts == 4
+    finally:
+        ctx.close()
+
+
+def test_a_job_that_raises_then_succeeds_completes_on_attempt_2(
+    ctx: Phase1, processes: Processes
+) -> None:
+    plan_id = make_plan(ctx)
+    inject_fault(ctx.database_url, plan_id, fail_times=1)
+    result = approval.approve(ctx, plan_id)
+    processes.worker(ctx.settings)
+    wait_until(lambda: completed(ctx, result.job_id), what="job completed after a retry")
+    view = jobs.view(ctx, result.job_id)
+    assert view.attempt == 2
+    assert task_keys(ctx, plan_id) == SAMPLE_KEYS
+    with ctx.transaction() as conn:
+        history = executions.attempts(conn, result.job_id)
+    assert [(a["attempt"], a["status"]) for a in history] == [(1, "failed"), (2, "completed")]
+    assert "injected fault" in history[0]["error_message"]
+
+
+def test_approval_is_idempotent(ctx: Phase1) -> None:
+    plan_id = make_plan(ctx)
+    first = approval.approve(ctx, plan_id)
+    second = approval.approve(ctx, plan_id)
+    assert second.job_id == first.job_id and not second.created
+    assert ctx.queue().count == 1
+
+
+def test_concurrent_approvals_make_one_job(ctx: Phase1, processes: Processes) -> None:
+    plan_id = make_plan(ctx)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def approve() -> None:
+        own = build(ctx.settings)
+        try:
+            barrier.wait()
+            ids.append(approval.approve(own, plan_id).job_id)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=approve) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(ids)) == 1
+    assert ctx.queue().count == 1
+    processes.worker(ctx.settings)
+    wait_until(lambda: completed(ctx, ids[0]), what="the one job completed")
+    assert task_keys(ctx, plan_id) == SAMPLE_KEYS
+
+
+def test_rejected_plan_cannot_be_approved(ctx: Phase1) -> None:
+    plan_id = make_plan(ctx)
+    assert approval.reject(ctx, plan_id).status == "rejected"
+    with pytest.raises(ConflictError, match="rejected"):
+        approval.approve(ctx, plan_id)
+    with ctx.transaction() as conn:
+        assert executions.for_plan(conn, plan_id) is None
+
+
+def test_unknown_plan_and_unknown_job(ctx: Phase1) -> None:
+    with pytest.raises(NotFoundError):
+        approval.approve(ctx, uuid.uuid4())
+    with pytest.raises(NotFoundError):
+        jobs.view(ctx, "no-such-job")
+
+
+def test_create_phase1_tasks_is_idempotent(ctx: Phase1) -> None:
+    plan_id = make_plan(ctx)
+    with ctx.transaction() as conn:
+        created, tasks = plans.create_phase1_tasks(conn, plan_id)
+    assert len(created) == 5 and len(tasks) == 5
+    with ctx.transaction() as conn:
+        created_again, tasks_again = plans.create_phase1_tasks(conn, plan_id)
+    assert created_again == []
+    assert [t.id for t in tasks_again] == [t.id for t in tasks]
+
+
+def test_crash_half_way_leaves_no_partial_tasks(ctx: Phase1) -> None:
+    plan_id = make_plan(ctx)
+    inject_fault(ctx.database_url, plan_id, fail_times=1)
+    with pytest.raises(Exception, match="injected fault"), ctx.transaction() as conn:
+        plans.create_phase1_tasks(conn, plan_id)
+    assert task_keys(ctx, plan_id) == []
+    with ctx.transaction() as conn:
+        created, _ = plans.create_phase1_tasks(conn, plan_id)
+    assert len(created) == 5
+
+
+def test_missing_plan_is_a_permanent_error(ctx: Phase1) -> None:
+    with pytest.raises(PermanentJobError, match="not found"), ctx.transaction() as conn:
+        plans.create_phase1_tasks(conn, uuid.uuid4())
+
+
+def test_sync_mode_creates_tasks_inline(make_settings: object) -> None:
+    settings: Settings = make_settings(approval_mode="sync")  # type: ignore[operator]
+    ctx = build(settings)
+    try:
+        plan_id = make_plan(ctx)
+        outcome = approval.approve_sync(ctx, plan_id)
+        assert outcome.plan.status == "approved"
+        assert [t.key for t in outcome.tasks] == SAMPLE_KEYS
+        assert ctx.queue().count == 0
+    finally:
+        ctx.close()

@@ -1,0 +1,166 @@
+"""Helpers for tests: settings as an environment, subprocesses, polling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phase1.settings import Settings
+
+BIN = Path(sys.executable).parent
+PHASE1 = str(BIN / "phase1")
+RQ = str(BIN / "rq")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHASE1_")}
+    env.pop("REDIS_URL", None)
+    env.pop("DATABASE_URL", None)
+    env["REDIS_URL"] = settings.redis_url or ""
+    env["DATABASE_URL"] = settings.database_url or ""
+    env["PHASE1_QUEUE"] = settings.queue
+    env["PHASE1_MAX_RETRIES"] = str(settings.max_retries)
+    env["PHASE1_RETRY_INTERVALS"] = ",".join(str(i) for i in settings.retry_intervals)
+    env["PHASE1_JOB_TIMEOUT"] = str(settings.job_timeout)
+    env["PHASE1_SHUTDOWN_TIMEOUT"] = str(settings.shutdown_timeout)
+    env["PHASE1_APPROVAL_MODE"] = settings.approval_mode
+    env["PHASE1_ORPHAN_AFTER"] = str(settings.orphan_after)
+    if settings.webhook_urls:
+        env["PHASE1_WEBHOOK_URLS"] = ",".join(settings.webhook_urls)
+    if settings.webhook_secret:
+        env["PHASE1_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
+    if settings.api_token:
+        env["PHASE1_API_TOKEN"] = settings.api_token.get_secret_value()
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Processes:
+    """Subprocesses a test starts; all stopped (TERM, then KILL) when the test ends."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, argv: list[str], settings: Settings, *, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        with (self.tmp_path / f"proc-{len(self.started)}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                env={**settings_env(settings), **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp_path,
+                start_new_session=True,
+            )
+        self.started.append(proc)
+        return proc
+
+    def worker(self, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+        return self.start([PHASE1, "worker", *args], settings)
+
+    def rq_worker(self, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+        return self.start(
+            [
+                RQ,
+                "worker",
+                settings.queue,
+                "--with-scheduler",
+                "--serializer",
+                "rq.serializers.JSONSerializer",
+                "--url",
+                settings.redis_url or "",
+                *args,
+            ],
+            settings,
+        )
+
+    def log(self, index: int = 0) -> str:
+        return (self.tmp_path / f"proc-{index}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.started:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+FAULTS_SQL = """
+CREATE TABLE IF NOT EXISTS test_faults (
+  plan_id UUID PRIMARY KEY, fail_times INT NOT NULL, sleep_s FLOAT NOT NULL DEFAULT 0
+);
+CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger AS $$
+DECLARE
+  f test_faults%ROWTYPE;
+  seq TEXT := 'test_fault_' || replace(NEW.plan_id::text, '-', '');
+BEGIN
+  -- Once per attempt: the first task of the plan.
+  IF NEW.position <> 0 THEN RETURN NEW; END IF;
+  SELECT * INTO f FROM test_faults WHERE plan_id = NEW.plan_id;
+  IF NOT FOUND THEN RETURN NEW; END IF;
+  IF f.sleep_s > 0 THEN PERFORM pg_sleep(f.sleep_s); END IF;
+  -- A sequence, because it keeps counting when the transaction rolls back.
+  IF to_regclass(seq) IS NOT NULL AND nextval(seq::regclass) <= f.fail_times THEN
+    RAISE EXCEPTION 'injected fault for plan %', NEW.plan_id;
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS test_fault ON marketplace_tasks;
+CREATE TRIGGER test_fault BEFORE INSERT ON marketplace_tasks
+  FOR EACH ROW EXECUTE FUNCTION test_fault();
+"""
+
+
+def inject_fault(database_url: str, plan_id: Any, *, fail_times: int, sleep_s: float = 0) -> None:
+    """Make the next `fail_times` attempts to create this plan's tasks raise in PostgreSQL
+    (after sleeping `sleep_s`): a real failure in the real code path, in the test's own
+    database."""
+    import psycopg
+
+    seq = "test_fault_" + str(plan_id).replace("-", "")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(4242)")  # two tests installing at once
+        try:
+            conn.execute(FAULTS_SQL)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(4242)")
+        conn.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq}")
+        conn.execute(
+            "INSERT INTO test_faults (plan_id, fail_times, sleep_s) VALUES (%s, %s, %s) "
+            "ON CONFLICT (plan_id) DO UPDATE SET fail_times = EXCLUDED.fail_times, "
+            "sleep_s = EXCLUDED.sleep_s",
+            (str(plan_id), fail_times, sleep_s),
+        )
