@@ -82,9 +82,8 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
         jobs.enqueue(ctx, job_id, plan_id, pipeline=pipe)
         events.emit(
             pipe,
-            settings.queue,
+            settings,
             events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue}),
-            maxlen=settings.event_stream_maxlen,
         )
         try:
             pipe.execute()

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from phase1 import keys
 from phase1.schemas import Event
+from phase1.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,17 @@ def make(
     )
 
 
-def emit(
-    redis: Redis | Pipeline,
-    queue: str,
-    event: Event,
-    *,
-    maxlen: int = 100_000,
-) -> None:
-    """Append the event to the stream (in `redis`'s pipeline when given one), then notify
-    in-process subscribers. Losing an event never fails the job: errors are logged."""
+def emit(redis: Redis | Pipeline, settings: Settings, event: Event) -> None:
+    """Append the event to the queue's stream (in `redis`'s pipeline when given one), then
+    notify in-process subscribers. Losing an event never fails the job: errors are logged."""
     body = event.model_dump_json()
     try:
-        redis.xadd(keys.event_stream(queue), {"e": body}, maxlen=maxlen, approximate=True)
+        redis.xadd(
+            keys.event_stream(settings.queue),
+            {"e": body},
+            maxlen=settings.event_stream_maxlen,
+            approximate=True,
+        )
     except RedisError:
         log.warning("could not append %s for job %s to the event stream", event.type, event.jobId)
     notify(event)

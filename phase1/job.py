@@ -41,7 +41,6 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     if job is None:
         raise PermanentJobError("run_phase1_job must run inside an RQ job")
     ctx = context.for_worker_process()
-    queue, maxlen = ctx.settings.queue, ctx.settings.event_stream_maxlen
     plan_id = str(payload.planId)
 
     with ctx.transaction() as conn:
@@ -54,9 +53,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         log.info("job %s already completed; a repeated run changes nothing", job.id)
         return dict(row["result"] or {})
 
-    events.emit(
-        job.connection, queue, events.make(events.ACTIVE, job.id, plan_id, attempt), maxlen=maxlen
-    )
+    events.emit(job.connection, ctx.settings, events.make(events.ACTIVE, job.id, plan_id, attempt))
     with ctx.transaction() as conn:
         row = executions.get(conn, job.id, lock=True)
         if row is not None and row["status"] == "completed":
@@ -70,9 +67,8 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         executions.complete(conn, job.id, attempt, result)
     events.emit(
         job.connection,
-        queue,
+        ctx.settings,
         events.make(events.COMPLETED, job.id, plan_id, attempt, {"result": result}),
-        maxlen=maxlen,
     )
     return result
 
@@ -197,9 +193,4 @@ def record_failure(
     }
     if next_retry_at is not None:
         data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
-    events.emit(
-        connection,
-        settings.queue,
-        events.make(events.FAILED, job.id, plan_id, attempt, data),
-        maxlen=settings.event_stream_maxlen,
-    )
+    events.emit(connection, settings, events.make(events.FAILED, job.id, plan_id, attempt, data))
