@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -100,8 +101,18 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
-            raise ValueError("must start with postgresql://")
+        if url is None:
+            return url
+        if "://" in url:
+            if urlsplit(url).scheme not in ("postgresql", "postgres"):
+                raise ValueError("must start with postgresql:// (or be a libpq key=value string)")
+            return url
+        try:  # a libpq "host=... dbname=..." string is fine too
+            conninfo_to_dict(url)
+        except Exception:
+            raise ValueError(
+                "is neither a postgresql:// URL nor a libpq key=value string"
+            ) from None
         return url
 
     @model_validator(mode="after")

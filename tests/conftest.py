@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -39,7 +40,19 @@ def _answers(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def redis_server_url() -> str:
+def embedded_servers() -> Iterator[Path]:
+    """Where embedded servers live when the machine has none; stopped after the run."""
+    try:
+        yield EMBEDDED_HOME
+    finally:
+        if EMBEDDED_HOME.exists():
+            from phase1.embedded import stop
+
+            stop(EMBEDDED_HOME)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(embedded_servers: Path) -> str:
     url = os.environ.get("PHASE1_TEST_REDIS_URL")
     if url:
         return url
@@ -47,7 +60,7 @@ def redis_server_url() -> str:
         return "redis://127.0.0.1:6379"
     from phase1.embedded import start_redis
 
-    return start_redis(EMBEDDED_HOME).rsplit("/", 1)[0]
+    return start_redis(embedded_servers).rsplit("/", 1)[0]
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +92,7 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url() -> str:
+def pg_server_url(embedded_servers: Path) -> str:
     url = os.environ.get("PHASE1_TEST_DATABASE_URL")
     if url:
         return url
@@ -87,12 +100,13 @@ def pg_server_url() -> str:
         return "postgresql://127.0.0.1:5432/postgres"
     from phase1.embedded import start_postgres
 
-    return start_postgres(EMBEDDED_HOME)
+    return start_postgres(embedded_servers)
 
 
 def _with_db(url: str, name: str) -> str:
-    if "://" in url and "?" not in url:
-        return url.rsplit("/", 1)[0] + "/" + name
+    """`url` naming database `name` instead (URLs keep their form, e.g. ?host=/socket/dir)."""
+    if "://" in url:
+        return urlunsplit(urlsplit(url)._replace(path="/" + name))
     return make_conninfo(url, dbname=name)
 
 

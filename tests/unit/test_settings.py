@@ -71,6 +71,7 @@ def test_fewer_retries_than_intervals_uses_the_first_ones() -> None:
         ("PHASE1_APPROVAL_MODE", "later", "PHASE1_APPROVAL_MODE"),
         ("REDIS_URL", "http://nope", "REDIS_URL: must start with redis://"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL: must start with postgresql://"),
+        ("DATABASE_URL", "not a dsn", "DATABASE_URL: is neither"),
         ("PHASE1_WEBHOOK_URLS", "ftp://x", "PHASE1_WEBHOOK_URLS"),
     ],
 )
