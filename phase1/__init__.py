@@ -12,6 +12,7 @@ from phase1.errors import (
 )
 from phase1.plans import create_phase1_tasks
 from phase1.settings import Settings, load_settings
+from phase1.webhooks import verify_signature
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,5 @@ __all__ = [
     "create_phase1_tasks",
     "load_settings",
     "reject",
+    "verify_signature",
 ]

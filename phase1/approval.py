@@ -78,13 +78,10 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
             jobs.enqueue(ctx, job_id, plan_id)  # an earlier enqueue was lost: mend it now
         return Approval(job_id=job_id, plan_id=plan_id, status=status, created=False)
 
+    enqueued = events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue})
     with ctx.redis.pipeline(transaction=True) as pipe:
         jobs.enqueue(ctx, job_id, plan_id, pipeline=pipe)
-        events.emit(
-            pipe,
-            settings,
-            events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue}),
-        )
+        events.emit(pipe, settings, enqueued)
         try:
             pipe.execute()
         except RedisError as exc:
@@ -92,6 +89,7 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
                 f"approval of plan {plan_id} is recorded as job {job_id} but Redis is "
                 f"unavailable ({exc}); it will be enqueued once Redis is back"
             ) from exc
+    events.notify(enqueued)  # only now that the job and its event are written
     return Approval(job_id=job_id, plan_id=plan_id, status="pending", created=True)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,8 +11,9 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq.job import Job
 
-from phase1 import keys
+from phase1 import keys, webhooks
 from phase1.schemas import Event
 from phase1.settings import Settings
 
@@ -67,20 +67,57 @@ def make(
     )
 
 
-def emit(redis: Redis | Pipeline, settings: Settings, event: Event) -> None:
-    """Append the event to the queue's stream (in `redis`'s pipeline when given one), then
-    notify in-process subscribers. Losing an event never fails the job: errors are logged."""
-    body = event.model_dump_json()
+def emit(redis: Redis | Pipeline, settings: Settings, event: Event) -> Event:
+    """Append the event to the queue's stream and enqueue its webhook deliveries, together.
+
+    Given a client, it writes at once (one transaction when there are deliveries) and then
+    notifies in-process subscribers. Given a pipeline, it only stages the writes in it: call
+    `notify(event)` once `pipe.execute()` has succeeded, so that subscribers never hear of an
+    event that was not written. Losing an event never fails the job: errors are logged.
+    """
+    wanted = _webhooks_wanted(settings, event)
+    if isinstance(redis, Pipeline):
+        if wanted:
+            client = Redis(connection_pool=redis.connection_pool)
+            webhooks.enqueue(redis, settings, event, client)
+        _append(redis, settings, event)
+        return event
     try:
-        redis.xadd(
-            keys.event_stream(settings.queue),
-            {"e": body},
-            maxlen=settings.event_stream_maxlen,
-            approximate=True,
-        )
-    except RedisError:
-        log.warning("could not append %s for job %s to the event stream", event.type, event.jobId)
+        if wanted:
+            with redis.pipeline(transaction=True) as pipe:
+                webhooks.enqueue(pipe, settings, event, redis)
+                _append(pipe, settings, event)
+                pipe.execute()
+        else:
+            _append(redis, settings, event)
+    except RedisError as exc:
+        log.warning("could not write %s of job %s to Redis: %s", event.type, event.jobId, exc)
     notify(event)
+    return event
+
+
+def _append(target: Redis | Pipeline, settings: Settings, event: Event) -> None:
+    target.xadd(
+        keys.event_stream(settings.queue),
+        {"e": event.model_dump_json()},
+        maxlen=settings.event_stream_maxlen,
+        approximate=True,
+    )
+
+
+def _webhooks_wanted(settings: Settings, event: Event) -> bool:
+    """Webhooks go out for the configured types; of `job:failed`, only the final one."""
+    if not settings.webhook_urls or event.type not in settings.webhook_events:
+        return False
+    return event.type != FAILED or bool(event.data.get("final"))
+
+
+def progress(
+    job: Job, settings: Settings, plan_id: str | None, attempt: int, percent: int, **data: Any
+) -> Event:
+    """From inside an RQ job: emit `job:progress` with `data.progress` (0-100) and details."""
+    details = {"progress": max(0, min(100, percent)), **data}
+    return emit(job.connection, settings, make(PROGRESS, job.id, plan_id, attempt, details))
 
 
 def notify(event: Event) -> None:
@@ -97,26 +134,40 @@ def read(
     *,
     since: str = "0-0",
     job_id: str | None = None,
-    block_ms: int | None = None,
+    follow: bool = False,
+    block_ms: int = 1000,
     count: int = 500,
 ) -> Iterator[tuple[str, Event]]:
-    """Events after stream id `since` (oldest first), optionally for one job; with `block_ms`
-    waits that long for new ones once the backlog is read."""
+    """(stream id, event) for each event after stream id `since`, oldest first, optionally of
+    one job. With `follow` it then waits for new ones (each XREAD blocking up to `block_ms`)
+    for as long as the caller keeps iterating."""
     last = since
     stream = keys.event_stream(queue)
     while True:
         batch: Any
-        if block_ms is None:
-            batch = redis.xrange(stream, min=f"({last}", count=count)
-        else:
+        if follow:
             answer: Any = redis.xread({stream: last}, count=count, block=block_ms)
             batch = answer[0][1] if answer else []
-        if not batch:
+        else:
+            batch = redis.xrange(stream, min=f"({last}", count=count)
+        if not batch and not follow:
             return
         for stream_id, fields in batch:
             sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
             last = sid
-            raw = fields.get(b"e") or fields.get("e")
-            event = Event.model_validate(json.loads(raw))
+            try:
+                event = Event.model_validate_json(fields.get(b"e") or fields.get("e") or b"")
+            except ValueError:
+                log.warning("skipping stream entry %s: not a phase1 event", sid)
+                continue
             if job_id is None or event.jobId == job_id:
                 yield sid, event
+
+
+def last_id(redis: Redis, queue: str) -> str:
+    """The stream id of the newest event ("0-0" when there is none): a `since` for "from now"."""
+    newest: Any = redis.xrevrange(keys.event_stream(queue), count=1)
+    if not newest:
+        return "0-0"
+    sid = newest[0][0]
+    return sid.decode() if isinstance(sid, bytes) else str(sid)

@@ -59,6 +59,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         if row is not None and row["status"] == "completed":
             return dict(row["result"] or {})
         created, tasks = plans.create_phase1_tasks(conn, payload.planId)
+        events.progress(job, ctx.settings, plan_id, attempt, 90, step="tasks-created")
         result = {
             "planId": plan_id,
             "tasksCreated": len(created),

@@ -39,3 +39,8 @@ def sweep_lock(queue: str) -> str:
 def rq_job(job_id: str) -> str:
     """RQ's own hash for a job."""
     return f"rq:job:{job_id}"
+
+
+def webhook_failures(queue: str) -> str:
+    """Capped list of webhook deliveries given up after their last try, newest first."""
+    return f"phase1:{queue}:webhook-failures"

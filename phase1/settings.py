@@ -62,8 +62,16 @@ class Settings(BaseSettings):
     orphan_after: float = Field(default=15, gt=0, le=3600)
     # Where the embedded Redis and PostgreSQL keep their data.
     home: Path = Path(".phase1")
+    # Seconds a webhook receiver gets to answer one delivery try (connect, send, response).
+    webhook_timeout: float = Field(default=5, gt=0, le=60)
+    # Tries per webhook delivery in all (the first one included), then it is given up.
+    webhook_max_tries: int = Field(default=5, ge=1, le=50)
+    # Seconds before each retry of a delivery; the last one repeats.
+    webhook_retry_intervals: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 60.0]
+    )
 
-    @field_validator("retry_intervals", mode="before")
+    @field_validator("retry_intervals", "webhook_retry_intervals", mode="before")
     @classmethod
     def _parse_intervals(cls, value: Any) -> Any:
         parts = _split_csv(value)
@@ -119,6 +127,25 @@ class Settings(BaseSettings):
     def _check_intervals_present(self) -> Settings:
         if self.max_retries > 0 and not self.retry_intervals:
             raise ValueError("PHASE1_RETRY_INTERVALS must list at least one interval")
+        return self
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _check_event_types(cls, types: list[str]) -> list[str]:
+        from phase1.events import TYPES  # events imports this module
+
+        for name in types:
+            if name not in TYPES:
+                raise ValueError(f"{name!r} is not an event type (one of {', '.join(TYPES)})")
+        return types
+
+    @model_validator(mode="after")
+    def _check_webhooks_signed(self) -> Settings:
+        # Receivers must be able to trust what they get: no unsigned deliveries.
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("PHASE1_WEBHOOK_SECRET must be set when PHASE1_WEBHOOK_URLS is")
+        if self.webhook_max_tries > 1 and not self.webhook_retry_intervals:
+            raise ValueError("PHASE1_WEBHOOK_RETRY_INTERVALS must list at least one interval")
         return self
 
     def retry_schedule(self) -> list[float]:

@@ -7,6 +7,7 @@ import typer
 from phase1 import __version__
 from phase1.cli import demo, jobs, plans
 from phase1.cli.common import Phase1Group, State, setup_logging
+from phase1.cli.events import events_command
 
 app = typer.Typer(
     cls=Phase1Group,
@@ -47,6 +48,7 @@ app.command("enqueue")(jobs.enqueue)
 app.command("status")(jobs.status)
 app.command("worker")(jobs.worker)
 app.command("demo")(demo.demo)
+app.command("events")(events_command)
 app.add_typer(plans.app, name="plans")
 
 

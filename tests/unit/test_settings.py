@@ -39,6 +39,7 @@ def test_environment_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHASE1_RETRY_INTERVALS", "2, 4,8")
     monkeypatch.setenv("PHASE1_MAX_RETRIES", "5")
     monkeypatch.setenv("PHASE1_WEBHOOK_URLS", "http://a.example/x,https://b.example/y")
+    monkeypatch.setenv("PHASE1_WEBHOOK_SECRET", "s")  # webhooks are always signed
     monkeypatch.setenv("REDIS_URL", "redis://r:6379/3")
     settings = load_settings()
     assert settings.retry_intervals == [2, 4, 8]
