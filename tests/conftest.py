@@ -14,14 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from redis import Redis
-from support import Processes
+from support import Processes, with_db
 
 from phase1 import db
 from phase1.context import Phase1, build
@@ -103,21 +101,14 @@ def pg_server_url(embedded_servers: Path) -> str:
     return start_postgres(embedded_servers)
 
 
-def _with_db(url: str, name: str) -> str:
-    """`url` naming database `name` instead (URLs keep their form, e.g. ?host=/socket/dir)."""
-    if "://" in url:
-        return urlunsplit(urlsplit(url)._replace(path="/" + name))
-    return make_conninfo(url, dbname=name)
-
-
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A database of this run's own, migrated, dropped afterwards."""
     name = f"phase1_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin_url = _with_db(pg_server_url, "postgres")
+    admin_url = with_db(pg_server_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _with_db(pg_server_url, name)
+    url = with_db(pg_server_url, name)
     db.migrate(url)
     try:
         yield url

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from phase1.settings import Settings
 
@@ -164,3 +166,10 @@ def inject_fault(database_url: str, plan_id: Any, *, fail_times: int, sleep_s: f
             "sleep_s = EXCLUDED.sleep_s",
             (str(plan_id), fail_times, sleep_s),
         )
+
+
+def with_db(url: str, name: str) -> str:
+    """`url` naming database `name` instead (URLs keep their form, e.g. ?host=/socket/dir)."""
+    if "://" in url:
+        return urlunsplit(urlsplit(url)._replace(path="/" + name))
+    return make_conninfo(url, dbname=name)

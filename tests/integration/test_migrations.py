@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg import sql
-from support import PHASE1
+from support import PHASE1, with_db
 
 from phase1 import db
 
@@ -76,14 +76,12 @@ EXPECTED_INDEXES = {
 
 @pytest.fixture
 def empty_database(pg_server_url: str) -> Iterator[str]:
-    from conftest import _with_db
-
     name = f"phase1_mig_{uuid.uuid4().hex[:8]}"
-    admin = _with_db(pg_server_url, "postgres")
+    admin = with_db(pg_server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _with_db(pg_server_url, name)
+        yield with_db(pg_server_url, name)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(
