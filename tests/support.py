@@ -192,7 +192,6 @@ def run_in_terminal(
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     env = {**env, "TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(lines)}
-    env.pop("NO_COLOR", None)
     proc = subprocess.Popen(
         argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
     )
@@ -229,3 +228,22 @@ def run_in_terminal(
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=10)
     return code, text(), bytes(raw)
+
+
+# The polling route's and `phase1 status --json`'s keys (DESIGN §4): a contract.
+JOB_VIEW_KEYS = frozenset(
+    {
+        "jobId",
+        "planId",
+        "status",
+        "progress",
+        "attempt",
+        "maxAttempts",
+        "result",
+        "error",
+        "enqueuedAt",
+        "startedAt",
+        "completedAt",
+        "nextRetryAt",
+    }
+)

@@ -147,11 +147,23 @@ def plain_columns(rows: Sequence[Sequence[Cell]], header: Sequence[str] | None =
     )
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[Cell]], *, title: str | None) -> Table:
-    """The rich table `print_table` shows on a terminal."""
+def table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Cell]],
+    *,
+    title: str | None,
+    keep: Sequence[str] = (),
+) -> Table:
+    """The rich table `print_table` shows on a terminal; columns in `keep` (ids an operator
+    copies) are never cut short, others are when the terminal is narrow."""
     out = Table(*columns, title=title, title_justify="left", title_style="bold")
-    for row in rows:
-        out.add_row(*(_text(c) for c in row))
+    cells = [[_text(c) for c in row] for row in rows]
+    for index, column in enumerate(out.columns):
+        if columns[index] in keep:
+            column.no_wrap = True
+            column.min_width = max([len(columns[index])] + [len(row[index]) for row in cells])
+    for row in cells:
+        out.add_row(*row)
     return out
 
 
@@ -160,12 +172,14 @@ def print_table(
     rows: Sequence[Sequence[Cell]],
     *,
     title: str | None = None,
+    keep: Sequence[str] = (),
     console: Console | None = None,
 ) -> None:
-    """A listing: a rich table on a terminal, plain aligned columns when piped."""
+    """A listing: a rich table on a terminal (see `table` for `keep`), plain aligned columns
+    when piped."""
     console = console or stdout()
     if fancy(console):
-        console.print(table(columns, rows, title=title))
+        console.print(table(columns, rows, title=title, keep=keep))
         return
     text = plain_columns(rows, [c.upper() for c in columns])
     console.file.write((f"{title}\n" if title else "") + text + "\n")

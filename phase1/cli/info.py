@@ -198,9 +198,15 @@ def render(snap: Snapshot) -> RenderableType:
         grid.add_row(label, value)
     parts: list[RenderableType] = [head, Text(), grid]
     if snap.workers:
-        parts += [Text(), table(WORKER_COLUMNS, _worker_rows(snap), title="Workers")]
+        parts += [
+            Text(),
+            table(WORKER_COLUMNS, _worker_rows(snap), title="Workers", keep=["worker"]),
+        ]
     if snap.active:
-        parts += [Text(), table(ACTIVE_COLUMNS, _active_rows(snap), title="Active jobs")]
+        parts += [
+            Text(),
+            table(ACTIVE_COLUMNS, _active_rows(snap), title="Active jobs", keep=["job"]),
+        ]
     if snap.warnings:
         parts.append(Text())
     for warning in snap.warnings:

@@ -102,4 +102,5 @@ def show(
         ("key", "title", "status", "id"),
         [(task.key, task.title, task.status, str(task.id)) for task in tasks],
         title=f"Phase 1 tasks ({len(tasks)})",
+        keep=["key"],
     )
