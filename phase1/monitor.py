@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from redis.exceptions import ResponseError
 from rq import Worker
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
@@ -110,6 +111,13 @@ class LastHour(_Model):
     failedAttempts: int
 
 
+class RedisSettings(_Model):
+    """The Redis server settings phase1 depends on, from INFO (None when not allowed)."""
+
+    maxmemoryPolicy: str | None
+    appendonly: bool | None
+
+
 class Snapshot(_Model):
     """Everything `phase1 info` shows, at one moment."""
 
@@ -124,6 +132,7 @@ class Snapshot(_Model):
     scheduler: SchedulerInfo
     lastHour: LastHour
     webhooksQueued: int
+    redisSettings: RedisSettings
     warnings: list[str]
 
 
@@ -140,6 +149,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
         dlq = _dlq(ctx)
         workers = _workers(ctx)
         scheduler = _scheduler(ctx)
+        redis_settings = _redis_settings(ctx)
     with ctx.transaction() as conn:
         last_hour = _last_hour(conn, settings.queue)
         rows = _rows(conn, [job_id for job_id, _ in started])
@@ -156,6 +166,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
         scheduler=scheduler,
         lastHour=last_hour,
         webhooksQueued=webhooks,
+        redisSettings=redis_settings,
         warnings=[],
     )
     return snap.model_copy(update={"warnings": warnings(snap)})
@@ -171,6 +182,12 @@ def warnings(snap: Snapshot) -> list[str]:
             f"{snap.scheduled.count} job(s) wait for a retry but no scheduler runs for "
             f"{snap.queue}: they will not run until a worker with the scheduler starts "
             "(`phase1 worker`, or `rq worker --with-scheduler`)"
+        )
+    policy = snap.redisSettings.maxmemoryPolicy
+    if policy not in (None, "noeviction"):
+        found.append(
+            f"Redis maxmemory-policy is {policy}: under memory pressure it deletes jobs, "
+            "locks and DLQ entries; set it to noeviction"
         )
     if snap.dlq.size:
         found.append(
@@ -274,6 +291,19 @@ def _scheduler(ctx: Phase1) -> SchedulerInfo:
         name=name,
         hostname=fields.get("hostname"),
         pid=int(pid) if pid and pid.isdigit() else None,
+    )
+
+
+def _redis_settings(ctx: Phase1) -> RedisSettings:
+    try:
+        memory: Any = ctx.redis.info("memory")
+        persistence: Any = ctx.redis.info("persistence")
+    except ResponseError:  # INFO not allowed for this user (see the README's ACL)
+        return RedisSettings(maxmemoryPolicy=None, appendonly=None)
+    aof = persistence.get("aof_enabled")
+    return RedisSettings(
+        maxmemoryPolicy=memory.get("maxmemory_policy"),
+        appendonly=None if aof is None else bool(int(aof)),
     )
 
 

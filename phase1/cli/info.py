@@ -37,7 +37,8 @@ INFO_SHAPE = (
     '"failedAt", "error"}|null}, "workers": [{"name", "hostname", "pid", "state", "queues", '
     '"jobId", "birth", "lastHeartbeat", "successfulJobs", "failedJobs"}], "scheduler": '
     '{"running", "name", "hostname", "pid"}, "lastHour": {"completed", "failed", '
-    '"failedAttempts"}, "webhooksQueued", "warnings": [...]}; with --watch one such document '
+    '"failedAttempts"}, "webhooksQueued", "redisSettings": {"maxmemoryPolicy", "appendonly"}, '
+    '"warnings": [...]}; with --watch one such document '
     "per line per refresh."
 )
 
@@ -147,7 +148,14 @@ def _summary(snap: Snapshot) -> list[tuple[str, str]]:
             f"{h.completed} completed, {h.failed} failed, {h.failedAttempts} failed attempts",
         ),
         ("webhooks queued", f"{snap.webhooksQueued}"),
+        ("redis", _redis_line(snap.redisSettings)),
     ]
+
+
+def _redis_line(config: monitor.RedisSettings) -> str:
+    policy = config.maxmemoryPolicy or "unknown"
+    aof = {True: "AOF on", False: "AOF off", None: "AOF unknown"}[config.appendonly]
+    return f"maxmemory-policy {policy}, {aof}"
 
 
 WORKER_COLUMNS = ("worker", "host", "pid", "state", "job", "heartbeat", "done", "failed")

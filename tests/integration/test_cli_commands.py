@@ -30,6 +30,7 @@ INFO_KEYS = {
     "scheduler",
     "lastHour",
     "webhooksQueued",
+    "redisSettings",
     "warnings",
 }
 
@@ -63,6 +64,8 @@ def test_info_json_on_an_empty_queue(settings: Settings, ctx: Phase1) -> None:
     assert document["lastHour"] == {"completed": 0, "failed": 0, "failedAttempts": 0}
     assert document["warnings"] == []
     assert document["at"].endswith("Z")
+    assert document["redisSettings"]["maxmemoryPolicy"] == "noeviction"  # the test servers'
+    assert isinstance(document["redisSettings"]["appendonly"], bool)
 
 
 def test_info_counts_queued_scheduled_and_dead_lettered_jobs(

@@ -194,6 +194,21 @@ def test_progress_draws_nothing_off_a_terminal(capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("total", [None, 3])
+def test_progress_draws_a_bar_on_stderr_of_a_terminal(
+    total: int | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    with progress(total, "requeueing") as steps:
+        steps.advance()
+        steps.update(total=3)
+        steps.advance(2)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "requeueing" in captured.err and "3/3" in captured.err
+
+
 def test_durations_and_one_line() -> None:
     assert [duration(s) for s in (None, 0.4, 59, 125, 3 * 3600 + 720, 2 * 86400 + 4 * 3600)] == [
         "-",
@@ -255,6 +270,7 @@ def sample_snapshot(**changes: Any) -> monitor.Snapshot:
         scheduler=monitor.SchedulerInfo(running=True, name="s1", hostname="host-a", pid=43),
         lastHour=monitor.LastHour(completed=10, failed=1, failedAttempts=3),
         webhooksQueued=0,
+        redisSettings=monitor.RedisSettings(maxmemoryPolicy="noeviction", appendonly=True),
         warnings=[],
     )
     snap = snap.model_copy(update=changes)
@@ -270,6 +286,7 @@ def test_info_plain_text_reads_like_the_terminal_view() -> None:
     assert "last hour:          10 completed, 1 failed, 3 failed attempts" in text
     assert "w1      host-a  42   busy   job-1  2s ago" in text
     assert "job-1  plan-1  2/4      0%        w1      7s" in text
+    assert "redis:              maxmemory-policy noeviction, AOF on" in text
     assert "warning: 2 job(s) in the dead-letter queue" in text
 
 
@@ -295,3 +312,11 @@ def test_warnings_say_what_needs_an_operator() -> None:
         dlq=monitor.Dlq(size=0, oldest=None),
     )
     assert calm.warnings == []
+
+
+def test_an_evicting_redis_is_a_warning() -> None:
+    evicting = monitor.RedisSettings(maxmemoryPolicy="allkeys-lru", appendonly=False)
+    snap = sample_snapshot(redisSettings=evicting)
+    assert any("maxmemory-policy is allkeys-lru" in w for w in snap.warnings)
+    unknown = monitor.RedisSettings(maxmemoryPolicy=None, appendonly=None)
+    assert not any("maxmemory" in w for w in sample_snapshot(redisSettings=unknown).warnings)
