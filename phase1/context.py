@@ -10,12 +10,14 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from phase1 import db
-from phase1.errors import ConfigError
-from phase1.settings import Settings
+from phase1.errors import ConfigError, UnavailableError
+from phase1.settings import Settings, redact_url
 
 
 @dataclass
@@ -110,3 +112,17 @@ def install_worker_context(ctx: Phase1) -> None:
     """Let `phase1 worker` hand its own context to the jobs it runs."""
     global _process_context
     _process_context = (os.getpid(), ctx)
+
+
+def redis_unavailable(url: str, exc: BaseException) -> UnavailableError:
+    """The one-line error for "Redis is not there": the URL (password hidden) and the setting."""
+    return UnavailableError(f"Redis at {redact_url(url)} is unavailable: {exc} (set REDIS_URL)")
+
+
+@contextlib.contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Turn Redis connection errors and timeouts into UnavailableError (see redis_unavailable)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise redis_unavailable(url, exc) from exc

@@ -173,3 +173,86 @@ def with_db(url: str, name: str) -> str:
     if "://" in url:
         return urlunsplit(urlsplit(url)._replace(path="/" + name))
     return make_conninfo(url, dbname=name)
+
+
+def run_in_terminal(
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    columns: int = 120,
+    lines: int = 40,
+    timeout: float = 60,
+    until: Callable[[str], bool] | None = None,
+) -> tuple[int | None, str, bytes]:
+    """Run `argv` with stdin, stdout and stderr on a pseudo-terminal of the given size.
+
+    Returns the exit code (None if it was still running when `until(screen)` became true or
+    `timeout` passed; it is then stopped), the final screen as plain text as a terminal would
+    show it (escape codes interpreted by pyte), and the raw bytes written.
+    """
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    import pyte
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    env = {**env, "TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(lines)}
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+    )
+    os.close(slave)
+    screen = pyte.Screen(columns, lines)
+    stream = pyte.ByteStream(screen)
+    raw = bytearray()
+    deadline = time.monotonic() + timeout
+
+    def text() -> str:
+        return "\n".join(line.rstrip() for line in screen.display).rstrip()
+
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    chunk = b""
+                if not chunk and proc.poll() is not None:
+                    break
+                raw.extend(chunk)
+                stream.feed(chunk)
+            elif proc.poll() is not None:
+                break
+            if until is not None and until(text()):
+                break
+    finally:
+        os.close(master)
+        code = proc.poll()
+        if code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+    return code, text(), bytes(raw)
+
+
+# The polling route's and `phase1 status --json`'s keys (DESIGN §4): a contract.
+JOB_VIEW_KEYS = frozenset(
+    {
+        "jobId",
+        "planId",
+        "status",
+        "progress",
+        "attempt",
+        "maxAttempts",
+        "result",
+        "error",
+        "enqueuedAt",
+        "startedAt",
+        "completedAt",
+        "nextRetryAt",
+    }
+)

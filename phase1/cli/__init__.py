@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from phase1 import __version__
-from phase1.cli import demo, jobs, plans
+from phase1.cli import demo, embedded, info, jobs, plans
 from phase1.cli.common import Phase1Group, State, setup_logging
 from phase1.cli.events import events_command
 
@@ -37,7 +37,7 @@ def root(
     ),
 ) -> None:
     """Settings are read and validated here, once, before any command runs."""
-    setup_logging(debug)
+    setup_logging(debug, ctx.invoked_subcommand)
     st = State(debug=debug)
     ctx.obj = st
     _ = st.settings  # a bad setting stops every command with one line
@@ -50,6 +50,8 @@ app.command("worker")(jobs.worker)
 app.command("demo")(demo.demo)
 app.command("events")(events_command)
 app.add_typer(plans.app, name="plans")
+app.command("info")(info.info)
+app.add_typer(embedded.app, name="embedded")
 
 
 def main() -> None:

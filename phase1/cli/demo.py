@@ -8,12 +8,12 @@ import sys
 import time
 
 import typer
-from rich.table import Table
 
 from phase1 import approval, db, plans
 from phase1 import queue as jobs
-from phase1.cli.common import EXIT_FAILURE, state, stderr, stdout
+from phase1.cli.common import EXIT_FAILURE, note, print_table, state, stdout
 from phase1.schemas import FINAL_STATUSES, SAMPLE_ANALYSIS
+from phase1.settings import redact_url
 
 
 def demo(
@@ -26,17 +26,19 @@ def demo(
     """
     st = state(ctx)
     settings = st.resolved()
-    err = stderr()
-    err.print(f"Redis: {settings.redis_url}   PostgreSQL: {settings.database_url}", highlight=False)
+    note(
+        f"Redis: {redact_url(settings.redis_url or '')}   "
+        f"PostgreSQL: {redact_url(settings.database_url or '')}"
+    )
     assert settings.database_url
     db.migrate(settings.database_url)
     phase1 = st.connect()
     with phase1.transaction() as conn:
         plan = plans.create_plan(conn, "Demo plan", SAMPLE_ANALYSIS)
-    err.print(f"created plan {plan.id} with {len(SAMPLE_ANALYSIS['phase1'])} Phase 1 tasks")
+    note(f"created plan {plan.id} with {len(SAMPLE_ANALYSIS['phase1'])} Phase 1 tasks")
     started = time.monotonic()
     result = approval.approve(phase1, plan.id)
-    err.print(f"approved: job {result.job_id} is {result.status}; starting a worker")
+    note(f"approved: job {result.job_id} is {result.status}; starting a worker")
     env_urls = {"REDIS_URL": settings.redis_url or "", "DATABASE_URL": settings.database_url}
     worker = subprocess.Popen(
         [sys.executable, "-m", "phase1", "worker"],
@@ -57,9 +59,10 @@ def demo(
     )
     with phase1.transaction() as conn:
         tasks = plans.list_tasks(conn, plan.id)
-    table = Table("key", "title", "status", title=f"Phase 1 tasks of plan {plan.id}")
-    for task in tasks:
-        table.add_row(task.key, task.title, task.status)
-    out.print(table)
+    print_table(
+        ("key", "title", "status"),
+        [(task.key, task.title, task.status) for task in tasks],
+        title=f"Phase 1 tasks of plan {plan.id}",
+    )
     if view.status != "completed":
         raise typer.Exit(EXIT_FAILURE)

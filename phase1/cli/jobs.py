@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from phase1 import approval, db, plans
 from phase1 import queue as jobs
-from phase1.cli.common import EXIT_FAILURE, print_json, state, stderr, stdout
+from phase1.cli.common import (
+    EXIT_FAILURE,
+    Cell,
+    iso,
+    json_option,
+    note,
+    one_line,
+    print_details,
+    print_json,
+    progress,
+    state,
+)
 from phase1.schemas import JobView
+
+JOB_SHAPE = (
+    '{"jobId", "planId", "status", "progress", "attempt", "maxAttempts", "result", '
+    '"error": {"type", "message"}|null, "enqueuedAt", "startedAt", "completedAt", '
+    '"nextRetryAt"}, as the polling route answers.'
+)
 
 
 def migrate(ctx: typer.Context) -> None:
     """Apply the database migrations that are not applied yet (safe to run again).
 
+    Each migration is applied once, under a lock, so two processes may migrate at once.
+    Progress and the summary go to stderr.
+
     Example: DATABASE_URL=postgresql://localhost/phase1 phase1 migrate
     """
     settings = state(ctx).resolved()
     assert settings.database_url
-    applied = db.migrate(settings.database_url)
-    err = stderr()
+    with progress(None, "applying migrations"):
+        applied = db.migrate(settings.database_url)
     if applied:
-        err.print(f"applied {len(applied)} migration(s): {', '.join(applied)}", highlight=False)
+        note(f"applied {len(applied)} migration(s): {', '.join(applied)}")
     else:
-        err.print("database is up to date", highlight=False)
+        note("database is up to date")
 
 
 def enqueue(
@@ -33,21 +52,22 @@ def enqueue(
     """Approve a plan and enqueue its Phase 1 job; prints the job id alone.
 
     Idempotent: a plan that already has a job prints that job's id.
+
     Example: job=$(phase1 enqueue "$plan")
     """
     result = approval.approve(state(ctx).connect(), plans.parse_uuid(plan_id))
     typer.echo(result.job_id)
 
 
-def render_view(view: JobView) -> Table:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("job", view.jobId)
-    table.add_row("plan", str(view.planId))
-    table.add_row("status", view.status)
-    table.add_row("progress", f"{view.progress}%")
-    table.add_row("attempt", f"{view.attempt} of {view.maxAttempts}")
+def view_details(view: JobView) -> list[tuple[str, Cell]]:
+    """A job's status as label/value pairs, for `print_details`."""
+    pairs: list[tuple[str, Cell]] = [
+        ("job", view.jobId),
+        ("plan", str(view.planId)),
+        ("status", view.status),
+        ("progress", f"{view.progress}%"),
+        ("attempt", f"{view.attempt} of {view.maxAttempts}"),
+    ]
     for label, moment in (
         ("enqueued", view.enqueuedAt),
         ("started", view.startedAt),
@@ -55,46 +75,54 @@ def render_view(view: JobView) -> Table:
         ("next retry", view.nextRetryAt),
     ):
         if moment is not None:
-            table.add_row(label, moment.isoformat(timespec="seconds") + "Z")
+            pairs.append((label, iso(moment)))
     if view.result is not None:
-        table.add_row(
-            "result",
-            f"{view.result.get('tasksCreated')} task(s) created, "
-            f"{len(view.result.get('taskIds', []))} in all",
+        created = view.result.get("tasksCreated")
+        pairs.append(
+            ("result", f"{created} task(s) created, {len(view.result.get('taskIds', []))} in all")
         )
     if view.error is not None:
-        table.add_row("error", f"{view.error.type}: {view.error.message}")
-    return table
+        pairs.append(("error", f"{view.error.type}: {one_line(view.error.message, 500)}"))
+    return pairs
 
 
 def status(
     ctx: typer.Context,
     job_id: str = typer.Argument(..., help="The job id `phase1 enqueue` printed."),
-    as_json: bool = typer.Option(
-        False,
-        "--json",
-        help="Print the job as the polling route does: jobId, planId, status, progress, "
-        "attempt, maxAttempts, result, error, enqueuedAt, startedAt, completedAt, nextRetryAt.",
-    ),
+    as_json: bool = json_option(JOB_SHAPE),
     watch: bool = typer.Option(
-        False, "--watch", "-w", help="Follow the job until it is completed (exit 0) or failed (1)."
+        False,
+        "--watch",
+        "-w",
+        help="Follow the job with a live progress bar until it is completed (exit 0) or "
+        "failed (exit 1), then print its status.",
     ),
-    interval: float = typer.Option(0.5, "--interval", help="Seconds between polls with --watch."),
+    interval: float = typer.Option(
+        0.5, "--interval", min=0.05, help="Seconds between polls with --watch."
+    ),
+    timeout: float = typer.Option(
+        0,
+        "--timeout",
+        min=0,
+        help="With --watch, give up (exit 1) after this many seconds (0: never).",
+    ),
 ) -> None:
-    """Show a job's status (answers from PostgreSQL, also after Redis has dropped the job).
+    """Show a job's status (from PostgreSQL, also after Redis has dropped the job).
 
-    Example: phase1 status "$job" --json
+    With --watch, waits for the job: scripts can `phase1 status "$job" --watch && ...`.
+
+    Example: phase1 status "$job" --watch
     """
     conn = state(ctx).connect()
     view = jobs.view(conn, job_id)
     if watch:
         from phase1.cli.watch import watch_job
 
-        view = watch_job(conn, view, interval=interval, as_json=as_json)
-    elif as_json:
+        view = watch_job(conn, view, interval=interval, timeout=timeout)
+    if as_json:
         print_json(view.model_dump(mode="json"))
     else:
-        stdout().print(render_view(view))
+        print_details(view_details(view))
     if watch and view.status != "completed":
         raise typer.Exit(EXIT_FAILURE)
 
@@ -111,6 +139,9 @@ def worker(
     name: str | None = typer.Option(None, "--name", help="Worker name (unique per host)."),
 ) -> None:
     """Run workers on the job queue, with RQ's scheduler on (interval retries need it).
+
+    Runs until SIGTERM/Ctrl-C (or, with --burst, until the queues are empty). Any number of
+    workers on any number of hosts may share one Redis and PostgreSQL.
 
     Example: phase1 worker --processes 2
     """

@@ -6,10 +6,16 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from phase1 import executions, plans
-from phase1.cli.common import Phase1Group, print_json, state, stdout
+from phase1.cli.common import (
+    Phase1Group,
+    json_option,
+    print_details,
+    print_json,
+    print_table,
+    state,
+)
 from phase1.errors import InvalidInputError
 from phase1.schemas import SAMPLE_ANALYSIS
 
@@ -57,13 +63,15 @@ def create(
 def show(
     ctx: typer.Context,
     plan_id: str = typer.Argument(..., help="The plan's UUID."),
-    as_json: bool = typer.Option(
-        False, "--json", help='Print {"plan": {...}, "tasks": [...], "job": {...}|null}.'
+    as_json: bool = json_option(
+        '{"plan": {"id", "title", "status", "analysis", "createdAt", "updatedAt"}, '
+        '"tasks": [{"id", "planId", "phase", "key", "title", "description", "status", '
+        '"createdAt"}], "job": {"jobId", "status"}|null}.'
     ),
 ) -> None:
     """Show a plan, its job and its Phase 1 tasks.
 
-    Example: phase1 plans show 0b7e…  --json
+    Example: phase1 plans show "$plan" --json
     """
     pid = plans.parse_uuid(plan_id)
     with state(ctx).connect().transaction() as conn:
@@ -82,10 +90,17 @@ def show(
             }
         )
         return
-    out = stdout()
-    out.print(f"[bold]{plan.title}[/]  {plan.id}")
-    out.print(f"status: {plan.status}   job: {job['jobId'] + ' ' + job['status'] if job else '-'}")
-    table = Table("key", "title", "status", "id", title=f"Phase 1 tasks ({len(tasks)})")
-    for task in tasks:
-        table.add_row(task.key, task.title, task.status, str(task.id))
-    out.print(table)
+    print_details(
+        [
+            ("plan", str(plan.id)),
+            ("title", plan.title),
+            ("status", plan.status),
+            ("job", f"{job['jobId']} ({job['status']})" if job else None),
+        ]
+    )
+    print_table(
+        ("key", "title", "status", "id"),
+        [(task.key, task.title, task.status, str(task.id)) for task in tasks],
+        title=f"Phase 1 tasks ({len(tasks)})",
+        keep=["key"],
+    )

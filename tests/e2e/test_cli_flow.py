@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from support import PHASE1, settings_env
+from support import JOB_VIEW_KEYS, PHASE1, settings_env
 
 from phase1.settings import Settings
 
@@ -41,20 +41,7 @@ def test_enqueue_burst_worker_and_status(settings: Settings) -> None:
     status = run(settings, "status", job_id, "--json")
     assert status.returncode == 0
     view = json.loads(status.stdout)
-    assert set(view) == {
-        "jobId",
-        "planId",
-        "status",
-        "progress",
-        "attempt",
-        "maxAttempts",
-        "result",
-        "error",
-        "enqueuedAt",
-        "startedAt",
-        "completedAt",
-        "nextRetryAt",
-    }
+    assert set(view) == JOB_VIEW_KEYS
     assert view["status"] == "completed"
     assert view["result"]["tasksCreated"] == 5
     assert view["completedAt"].endswith("Z")
