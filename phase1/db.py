@@ -70,6 +70,11 @@ def translate_errors(url: str) -> Iterator[None]:
         raise UnavailableError(
             f"PostgreSQL at {redact_url(url)} is unreachable (set DATABASE_URL)"
         ) from exc
+    except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+        # The server is there; our statement or lock timeout gave up first (by design,
+        # below the job timeout). Not a configuration problem: say what happened.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnavailableError(f"PostgreSQL gave up waiting: {first}") from exc
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnavailableError(
