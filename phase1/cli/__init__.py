@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from phase1 import __version__
-from phase1.cli import demo, jobs, plans
+from phase1.cli import demo, dlq, jobs, plans
 from phase1.cli.common import Phase1Group, State, setup_logging
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("status")(jobs.status)
 app.command("worker")(jobs.worker)
 app.command("demo")(demo.demo)
 app.add_typer(plans.app, name="plans")
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

@@ -1,0 +1,252 @@
+"""`phase1 dlq`: look at dead-lettered jobs and send them back to the queue."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from redis.exceptions import RedisError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from phase1 import deadletter
+from phase1.cli.common import EXIT_FAILURE, Phase1Group, print_json, state, stderr, stdout
+from phase1.context import Phase1
+from phase1.errors import InvalidInputError, NotFoundError, UnavailableError
+from phase1.settings import redact_url
+
+app = typer.Typer(
+    cls=Phase1Group,
+    help="The dead-letter queue: jobs that failed for good (retries exhausted, a permanent "
+    "error, a dead worker), with every attempt's story; send them back with `requeue`.",
+    no_args_is_help=True,
+)
+
+# `--all` shows a progress bar from this many entries on.
+PROGRESS_FROM = 20
+
+
+@contextlib.contextmanager
+def _redis(ctx: Phase1) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
+        ) from exc
+
+
+def _first_line(text: str | None, width: int = 80) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _summary(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jobId": entry.get("jobId"),
+        "planId": entry.get("planId"),
+        "reason": entry.get("reason"),
+        "attempts": len(entry.get("attempts") or []),
+        "failedAt": entry.get("failedAt"),
+        "errorType": entry.get("errorType"),
+        "message": entry.get("message"),
+    }
+
+
+@app.command("list")
+def list_entries(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='Print {"queue", "total", "entries": [{jobId, planId, reason, attempts, failedAt, '
+        "errorType, message}]} instead.",
+    ),
+    limit: int = typer.Option(1000, "--limit", min=1, help="Show at most this many (newest)."),
+) -> None:
+    """List dead-lettered jobs, newest first: job, plan, reason, attempts, when, error.
+
+    Example: phase1 dlq list --json
+    """
+    conn = state(ctx).connect()
+    queue = conn.settings.queue
+    with _redis(conn):
+        entries = deadletter.list_entries(conn.redis, queue, limit)
+        total = deadletter.size(conn.redis, queue)
+    if as_json:
+        print_json({"queue": queue, "total": total, "entries": [_summary(e) for e in entries]})
+        return
+    if not entries:
+        stderr().print(f"the dead-letter queue of {queue} is empty", highlight=False)
+        return
+    table = Table(
+        "job",
+        "plan",
+        "reason",
+        "attempts",
+        "failed at",
+        "error",
+        title=f"dead-letter queue of {queue}: {total} job(s)",
+        title_justify="left",
+    )
+    for entry in entries:
+        row = _summary(entry)
+        error = f"{row['errorType']}: {_first_line(row['message'], 60)}"
+        table.add_row(
+            row["jobId"],
+            row["planId"] or "-",
+            row["reason"],
+            str(row["attempts"]),
+            row["failedAt"] or "-",
+            error,
+        )
+    stdout().print(table)
+
+
+@app.command("inspect")
+def inspect(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., help="A job id from `phase1 dlq list`."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the whole entry: jobId, planId, queue, reason, errorType, message, "
+        "traceback, payload, attempts [{attempt, status, worker, startedAt, endedAt, "
+        "errorType, error}], failedAt.",
+    ),
+) -> None:
+    """Show one dead-lettered job: why it failed, its payload, and every attempt.
+
+    Example: phase1 dlq inspect "$job"
+    """
+    conn = state(ctx).connect()
+    with _redis(conn):
+        entry = deadletter.get(conn.redis, conn.settings.queue, job_id)
+    if entry is None:
+        raise NotFoundError(f"job {job_id} is not in the dead-letter queue")
+    if as_json:
+        print_json(entry)
+        return
+    out = stdout()
+    details = Table(show_header=False, box=None, pad_edge=False)
+    details.add_column(style="bold")
+    details.add_column()
+    details.add_row("job", entry.get("jobId"))
+    details.add_row("plan", entry.get("planId") or "-")
+    details.add_row("queue", entry.get("queue") or conn.settings.queue)
+    details.add_row("reason", entry.get("reason"))
+    details.add_row("error", f"{entry.get('errorType')}: {entry.get('message')}")
+    details.add_row("failed at", entry.get("failedAt") or "-")
+    details.add_row("payload", json.dumps(entry.get("payload"), default=str))
+    out.print(details)
+    attempts = Table("#", "status", "worker", "started", "ended", "error", title="attempts")
+    for a in entry.get("attempts") or []:
+        error = f"{a['errorType']}: {_first_line(a['error'], 70)}" if a.get("errorType") else ""
+        attempts.add_row(
+            str(a["attempt"]),
+            a["status"],
+            a.get("worker") or "-",
+            a.get("startedAt") or "-",
+            a.get("endedAt") or "-",
+            error,
+        )
+    out.print(attempts)
+    if entry.get("traceback"):
+        out.print("[bold]traceback[/] (last attempt)")
+        out.print(entry["traceback"].rstrip(), markup=False, highlight=False, style="dim")
+
+
+def _progress(count: int) -> Progress | None:
+    console = stderr()
+    if count < PROGRESS_FROM or not console.is_terminal or console.no_color:
+        return None
+    return Progress(
+        TextColumn("requeueing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+@app.command("requeue")
+def requeue(
+    ctx: typer.Context,
+    job_ids: list[str] = typer.Argument(None, help="Job ids to send back (or use --all)."),
+    all_: bool = typer.Option(False, "--all", help="Send back every job in the DLQ."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would be sent back; move nothing."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='Print {"queue", "dryRun", "requeued": [{jobId, planId, attemptsSoFar, '
+        'freshAttempts}], "missing": [ids]} instead.',
+    ),
+) -> None:
+    """Send jobs from the DLQ back to the queue, each with a fresh retry budget.
+
+    An entry leaves the DLQ only as its job goes back on the queue (one Redis transaction);
+    its attempt history stays and numbering continues. Prints the job ids sent back on
+    stdout and a summary on stderr. An id not in the DLQ is an error (exit 1); the others
+    still move.
+
+    Example: phase1 dlq requeue --all --dry-run
+    """
+    if all_ and job_ids:
+        raise InvalidInputError("give job ids or --all, not both")
+    if not all_ and not job_ids:
+        raise InvalidInputError("give one or more job ids, or --all")
+    conn = state(ctx).connect()
+    queue = conn.settings.queue
+    with _redis(conn):
+        ids = deadletter.job_ids(conn.redis, queue) if all_ else list(dict.fromkeys(job_ids))
+    moved: list[deadletter.Requeued] = []
+    missing: list[str] = []
+    err = stderr()
+    bar = _progress(len(ids))
+    with bar if bar is not None else contextlib.nullcontext():
+        task = bar.add_task("requeue", total=len(ids)) if bar is not None else None
+        for job_id in ids:
+            try:
+                moved.append(deadletter.requeue(conn, job_id, dry_run=dry_run))
+            except NotFoundError as exc:
+                missing.append(job_id)
+                if not as_json:
+                    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            if bar is not None and task is not None:
+                bar.advance(task)
+    if as_json:
+        print_json(
+            {
+                "queue": queue,
+                "dryRun": dry_run,
+                "requeued": [
+                    {
+                        "jobId": r.job_id,
+                        "planId": r.plan_id,
+                        "attemptsSoFar": r.attempts_so_far,
+                        "freshAttempts": r.fresh_attempts,
+                    }
+                    for r in moved
+                ],
+                "missing": missing,
+            }
+        )
+    else:
+        for r in moved:
+            typer.echo(r.job_id)
+        verb = "would send back" if dry_run else "sent back"
+        summary = f"{verb} {len(moved)} job(s) to {queue}"
+        if moved:
+            summary += f", each with {moved[0].fresh_attempts} fresh attempt(s)"
+        if missing:
+            summary += f"; {len(missing)} not in the dead-letter queue"
+        if all_ and not ids:
+            summary = f"the dead-letter queue of {queue} is empty: nothing to send back"
+        err.print(summary, highlight=False)
+    if missing:
+        raise typer.Exit(EXIT_FAILURE)
