@@ -49,7 +49,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     plan_id = str(payload.planId)
 
     with ctx.transaction() as conn:
-        attempt = executions.start_attempt(conn, job.id, job.worker_name, job.retries_left)
+        attempt = executions.start_attempt(conn, job.id, job.worker_name, job.retries_left or 0)
         if attempt is None:
             row = executions.get(conn, job.id)
     if attempt is None:
