@@ -227,10 +227,15 @@ def requeue(ctx: Phase1, job_id: str, *, dry_run: bool = False) -> Requeued:
     if dry_run:
         return outcome
     move_to_queue(ctx, job_id, plan_id)
-    with ctx.transaction() as conn:
-        updated = executions.requeued(
-            conn, job_id, attempts=attempts, fresh_attempts=settings.max_attempts
-        )
+    updated = None
+    try:
+        with ctx.transaction() as conn:
+            updated = executions.requeued(
+                conn, job_id, attempts=attempts, fresh_attempts=settings.max_attempts
+            )
+    except UnavailableError as exc:
+        # The job is back on the queue all the same; the worker that runs it updates the row.
+        log.warning("job %s requeued, but its row still says failed: %s", job_id, exc)
     event = events.make(
         events.REQUEUED,
         job_id,

@@ -68,6 +68,17 @@ def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[
         _beat_quietly(redis, queue, job_id)
 
 
+def _forget_ancient(redis: Redis, queue: str, settings: Settings) -> None:
+    """Drop beats far older than any live job's: each job leaves its last beat behind, and
+    with no phase1 worker sweeping (plain `rq worker` only) nothing else would remove them.
+    The sweep does not need them: a dead job's own RQ timestamps are as old."""
+    cutoff = time.time() - max(3600.0, 10 * settings.orphan_after)
+    try:
+        redis.zremrangebyscore(keys.heartbeats(queue), "-inf", cutoff)
+    except RedisError as exc:
+        log.warning("could not prune old heartbeats: %s", exc)
+
+
 def heartbeating(func: F) -> F:
     """Make a job function beat while it runs inside an RQ worker (no-op outside one)."""
 
@@ -78,6 +89,7 @@ def heartbeating(func: F) -> F:
             return func(*args, **kwargs)
         ctx = context.for_worker_process()
         queue = job.origin or ctx.settings.queue
+        _forget_ancient(ctx.redis, queue, ctx.settings)
         with beating(ctx.redis, queue, job.id, beat_interval(ctx.settings)):
             return func(*args, **kwargs)
 

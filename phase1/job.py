@@ -6,7 +6,7 @@ import logging
 import traceback as tb_module
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from psycopg.errors import LockNotAvailable, QueryCanceled
 from pydantic import ValidationError
@@ -23,6 +23,8 @@ from phase1.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
 
 log = logging.getLogger(__name__)
+
+Recorded = Literal["recorded", "duplicate", "completed"]
 
 
 def _payload(raw: Any) -> JobPayload:
@@ -184,12 +186,13 @@ def record_failure(
     next_retry_at: datetime | None,
     only_if_active: bool = False,
     ctx: Phase1 | None = None,
-) -> bool:
+) -> Recorded:
     """Write a failed attempt to the audit trail, the DLQ when final, and the event stream.
 
-    Returns False when there was nothing to record: another path recorded this attempt
-    already (`only_if_active`), or the job had completed. A final failure reaches the DLQ
-    even when PostgreSQL is down; the UnavailableError is raised after that.
+    Returns `recorded`; `duplicate` when another path had recorded this attempt already
+    (`only_if_active`); `completed` when the job had completed (its work committed before
+    the process died): nothing is failed then. A final failure reaches the DLQ even when
+    PostgreSQL is down; the UnavailableError is raised after that.
     """
     ctx = ctx or context.for_worker_process()
     settings = ctx.settings
@@ -214,7 +217,7 @@ def record_failure(
         audit_error = exc
     if failed is not None and failed.status == "completed":
         log.info("job %s had completed; its late failure (%s) changes nothing", job.id, reason)
-        return False
+        return "completed"
     attempt = failed.attempt if failed is not None else None
     dead_lettered = False
     if final:
@@ -250,4 +253,4 @@ def record_failure(
         events.emit(connection, settings, event)
     if audit_error is not None:
         raise audit_error
-    return recorded
+    return "recorded" if recorded else "duplicate"

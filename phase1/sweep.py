@@ -133,7 +133,7 @@ def recover(ctx: Phase1, orphan: Orphan) -> str:
     )
     # PostgreSQL first: a crash after it leaves the job started, and the next sweep finishes
     # the move (the attempt is recorded once: only an open attempt is closed).
-    phase1_job.record_failure(
+    recorded = phase1_job.record_failure(
         job,
         redis,
         reason="abandoned",
@@ -145,6 +145,10 @@ def recover(ctx: Phase1, orphan: Orphan) -> str:
         only_if_active=True,
         ctx=ctx,
     )
+    # Its work had committed before the worker died: one more run (a no-op that returns the
+    # stored result) lets RQ finish it, rather than fail a completed job.
+    rerun = recorded == "completed"
+    final = final and not rerun
     execution = Execution(orphan.execution_id, orphan.job_id, redis, orphan.worker_name)
     with redis.pipeline(transaction=True) as pipe:
         try:
@@ -158,8 +162,9 @@ def recover(ctx: Phase1, orphan: Orphan) -> str:
                 job.ended_at = datetime.now(UTC)
                 record_job_failure(job, f"AbandonedJobError: {message}", pipe)
             else:
-                assert job.retries_left is not None
-                job.retries_left -= 1
+                if not rerun:
+                    assert job.retries_left is not None
+                    job.retries_left -= 1
                 queue.enqueue_job(job, pipeline=pipe)
             pipe.zrem(keys.heartbeats(ctx.settings.queue), job.id)
             pipe.execute()
@@ -274,7 +279,7 @@ def on_horse_killed(job: Job, retpid: int | None, ret_val: int | None, rusage: A
     if not final:
         next_retry_at = datetime.now(UTC) + timedelta(seconds=job.get_retry_interval())
     try:
-        phase1_job.record_failure(
+        recorded = phase1_job.record_failure(
             job,
             job.connection,
             reason=reason,
@@ -286,3 +291,8 @@ def on_horse_killed(job: Job, retpid: int | None, ret_val: int | None, rusage: A
         )
     except Exception:
         log.exception("job %s: could not record the killed work horse", job.id)
+        return
+    if recorded == "completed" and final:
+        # The horse died after its work committed: RQ would fail a completed job. One more
+        # run instead (a no-op returning the stored result) lets RQ finish it.
+        job.retries_left = 1

@@ -326,6 +326,6 @@ def test_rq_cleanup_of_an_abandoned_job_dead_letters_it_once(
         only_if_active=True,
         ctx=ctx,
     )
-    assert again is False
+    assert again == "duplicate"
     assert history(ctx, job_id) == attempts
     assert len(failed_events(ctx, job_id)) == 1

@@ -262,3 +262,38 @@ def test_a_failing_record_never_breaks_rqs_own_handling(
 
     monkeypatch.setattr(phase1_job, "record_failure", down)
     sweep.on_horse_killed(enqueue(ctx, "j1"), 4242, 9, None)  # logs, does not raise
+
+
+def test_beats_far_older_than_any_live_job_are_forgotten(
+    ctx: Phase1, redis: fakeredis.FakeRedis
+) -> None:
+    now = time.time()
+    redis.zadd(keys.heartbeats(QUEUE), {"ancient": now - 7200, "recent": now - 60})
+    heartbeat._forget_ancient(redis, QUEUE, ctx.settings)
+    assert [m.decode() for m in redis.zrange(keys.heartbeats(QUEUE), 0, -1)] == ["recent"]
+
+
+def test_requeue_all_shows_a_bar_on_a_terminal_only_when_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
+
+    from phase1.cli import dlq
+
+    monkeypatch.setattr(dlq, "stderr", lambda: Console(stderr=True, force_terminal=True))
+    assert dlq._progress(dlq.PROGRESS_FROM - 1) is None
+    assert dlq._progress(dlq.PROGRESS_FROM) is not None
+    monkeypatch.setattr(dlq, "stderr", lambda: Console(stderr=True, force_terminal=False))
+    assert dlq._progress(500) is None  # piped: no escape codes in logs
+
+
+def test_a_horse_killed_after_its_work_committed_gets_one_no_op_run(
+    ctx: Phase1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phase1 import job as phase1_job
+
+    job = enqueue(ctx, "j1")
+    job.retries_left = 0  # RQ would fail it
+    monkeypatch.setattr(phase1_job, "record_failure", lambda *a, **kw: "completed")
+    sweep.on_horse_killed(job, 4242, 9, None)
+    assert job.should_retry  # so RQ runs it once more and marks it finished
