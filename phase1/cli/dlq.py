@@ -13,7 +13,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from phase1 import deadletter
-from phase1.cli.common import EXIT_FAILURE, Phase1Group, print_json, state, stderr, stdout
+from phase1.cli.common import (
+    EXIT_FAILURE,
+    Phase1Group,
+    fail,
+    print_json,
+    state,
+    stderr,
+    stdout,
+)
 from phase1.context import Phase1
 from phase1.errors import InvalidInputError, NotFoundError, UnavailableError
 from phase1.settings import redact_url
@@ -39,9 +47,17 @@ def _redis(ctx: Phase1) -> Iterator[None]:
         ) from exc
 
 
-def _first_line(text: str | None, width: int = 80) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
+def _first_line(text: str | None) -> str:
+    stripped = (text or "").strip()
+    return stripped.splitlines()[0] if stripped else ""
+
+
+def _seconds(moment: str | None) -> str:
+    """An ISO-8601 time without its fraction of a second, for tables."""
+    if not moment:
+        return "-"
+    head, _, tail = moment.partition(".")
+    return head + ("Z" if tail.endswith("Z") else "")
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:
@@ -82,26 +98,23 @@ def list_entries(
     if not entries:
         stderr().print(f"the dead-letter queue of {queue} is empty", highlight=False)
         return
-    table = Table(
-        "job",
-        "plan",
-        "reason",
-        "attempts",
-        "failed at",
-        "error",
-        title=f"dead-letter queue of {queue}: {total} job(s)",
-        title_justify="left",
-    )
+    table = Table(title=f"dead-letter queue of {queue}: {total} job(s)", title_justify="left")
+    # Ids are copied into the next command: never cut them.
+    table.add_column("job", no_wrap=True, min_width=36)
+    table.add_column("plan", no_wrap=True, min_width=36)
+    table.add_column("reason")
+    table.add_column("attempts", justify="right")
+    table.add_column("failed at", no_wrap=True)
+    table.add_column("error", no_wrap=True, overflow="ellipsis")
     for entry in entries:
         row = _summary(entry)
-        error = f"{row['errorType']}: {_first_line(row['message'], 60)}"
         table.add_row(
             row["jobId"],
             row["planId"] or "-",
             row["reason"],
             str(row["attempts"]),
-            row["failedAt"] or "-",
-            error,
+            _seconds(row["failedAt"]),
+            f"{row['errorType']}: {_first_line(row['message'])}",
         )
     stdout().print(table)
 
@@ -142,15 +155,19 @@ def inspect(
     details.add_row("failed at", entry.get("failedAt") or "-")
     details.add_row("payload", json.dumps(entry.get("payload"), default=str))
     out.print(details)
-    attempts = Table("#", "status", "worker", "started", "ended", "error", title="attempts")
+    attempts = Table("#", "status", title="attempts", title_justify="left")
+    attempts.add_column("worker", overflow="fold")
+    attempts.add_column("started", no_wrap=True)
+    attempts.add_column("ended", no_wrap=True)
+    attempts.add_column("error", no_wrap=True, overflow="ellipsis")
     for a in entry.get("attempts") or []:
-        error = f"{a['errorType']}: {_first_line(a['error'], 70)}" if a.get("errorType") else ""
+        error = f"{a['errorType']}: {_first_line(a['error'])}" if a.get("errorType") else ""
         attempts.add_row(
             str(a["attempt"]),
             a["status"],
             a.get("worker") or "-",
-            a.get("startedAt") or "-",
-            a.get("endedAt") or "-",
+            _seconds(a.get("startedAt")),
+            _seconds(a.get("endedAt")),
             error,
         )
     out.print(attempts)
@@ -184,7 +201,7 @@ def requeue(
         False,
         "--json",
         help='Print {"queue", "dryRun", "requeued": [{jobId, planId, attemptsSoFar, '
-        'freshAttempts}], "missing": [ids]} instead.',
+        'freshAttempts}], "missing": ["<job id>", ...]} instead.',
     ),
 ) -> None:
     """Send jobs from the DLQ back to the queue, each with a fresh retry budget.
@@ -216,7 +233,7 @@ def requeue(
             except NotFoundError as exc:
                 missing.append(job_id)
                 if not as_json:
-                    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+                    fail(str(exc))  # the error line now; the exit code once the rest moved
             if bar is not None and task is not None:
                 bar.advance(task)
     if as_json:
@@ -247,6 +264,7 @@ def requeue(
             summary += f"; {len(missing)} not in the dead-letter queue"
         if all_ and not ids:
             summary = f"the dead-letter queue of {queue} is empty: nothing to send back"
-        err.print(summary, highlight=False)
+        if moved or not missing:  # nothing moved: the error lines say it all
+            err.print(summary, highlight=False)
     if missing:
         raise typer.Exit(EXIT_FAILURE)

@@ -91,6 +91,10 @@ def test_list_inspect_and_requeue_dead_lettered_jobs(settings: Settings, ctx: Ph
     view = jobs.view(ctx, first)
     assert view.status == "pending" and view.maxAttempts == 1 + settings.max_attempts
 
+    alone = phase1(settings, "dlq", "requeue", "no-such-job")
+    assert alone.returncode == 1 and alone.stdout == ""
+    assert alone.stderr.strip() == "error: job no-such-job is not in the dead-letter queue"
+
     usage = phase1(settings, "dlq", "requeue")
     assert usage.returncode == 2
     one_error_line(usage, "give one or more job ids, or --all")
