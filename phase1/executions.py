@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,9 @@ WITH nxt AS (
 ), exe AS (
   UPDATE marketplace_job_executions e
   SET status = 'active', attempt_number = nxt.n, started_at = NOW(), progress = 0,
-      next_retry_at = NULL, updated_at = NOW()
+      next_retry_at = NULL, updated_at = NOW(),
+      -- attempts used + retries RQ still holds: also right after a requeue's fresh budget
+      max_attempts = COALESCE(nxt.n + %(retries_left)s::int, e.max_attempts)
   FROM nxt
   WHERE e.job_id = %(job_id)s AND e.status <> 'completed'
   RETURNING e.job_id, e.plan_id, nxt.n AS attempt
@@ -70,6 +73,34 @@ RETURNING *
 SQL_ATTEMPTS = """
 SELECT * FROM marketplace_job_attempts WHERE job_id = %(job_id)s ORDER BY attempt
 """
+SQL_LATEST_ATTEMPT = """
+SELECT * FROM marketplace_job_attempts WHERE job_id = %(job_id)s ORDER BY attempt DESC LIMIT 1
+"""
+# An attempt that failed before it could open its row (bad payload, PostgreSQL down at the
+# start, a worker killed between dequeue and start) still gets one: numbers stay gapless.
+SQL_INSERT_FAILED_ATTEMPT = """
+INSERT INTO marketplace_job_attempts
+  (job_id, attempt, status, worker, started_at, ended_at, error_type, error_message)
+SELECT %(job_id)s, COALESCE(MAX(attempt), 0) + 1, 'failed', %(worker)s, NOW(), NOW(),
+       %(error_type)s, %(error_message)s
+FROM marketplace_job_attempts WHERE job_id = %(job_id)s
+RETURNING attempt
+"""
+SQL_SET_ATTEMPT_NUMBER = """
+UPDATE marketplace_job_executions SET attempt_number = %(attempt)s WHERE job_id = %(job_id)s
+"""
+# Back to `pending` after a requeue from the DLQ, only if no worker has started the requeued
+# job yet (it may have, between the Redis move and this update): never clobber a newer state.
+SQL_REQUEUED = """
+UPDATE marketplace_job_executions e
+SET status = 'pending', progress = 0, max_attempts = %(attempts)s + %(fresh_attempts)s,
+    error_message = NULL, error_type = NULL, completed_at = NULL, next_retry_at = NULL,
+    updated_at = NOW()
+WHERE e.job_id = %(job_id)s AND e.status = 'failed'
+  AND (SELECT COALESCE(MAX(a.attempt), 0) FROM marketplace_job_attempts a
+       WHERE a.job_id = e.job_id) = %(attempts)s
+RETURNING *
+"""
 
 
 def insert(conn: Conn, *, plan_id: UUID, job_id: str, queue: str, max_attempts: int) -> Row:
@@ -96,10 +127,14 @@ def for_plan(conn: Conn, plan_id: UUID) -> Row | None:
     return conn.execute(SQL_BY_PLAN, {"plan_id": plan_id}).fetchone()
 
 
-def start_attempt(conn: Conn, job_id: str, worker: str | None) -> int | None:
+def start_attempt(
+    conn: Conn, job_id: str, worker: str | None, retries_left: int | None = None
+) -> int | None:
     """Mark the job active and open its next attempt; None when it is already completed
-    (or unknown)."""
-    row = conn.execute(SQL_START_ATTEMPT, {"job_id": job_id, "worker": worker}).fetchone()
+    (or unknown). With `retries_left` (RQ's count), `max_attempts` follows the real budget."""
+    row = conn.execute(
+        SQL_START_ATTEMPT, {"job_id": job_id, "worker": worker, "retries_left": retries_left}
+    ).fetchone()
     return None if row is None else int(row["attempt"])
 
 
@@ -159,3 +194,89 @@ def fail_attempt(
 
 def attempts(conn: Conn, job_id: str) -> list[Row]:
     return conn.execute(SQL_ATTEMPTS, {"job_id": job_id}).fetchall()
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """What recording one failed attempt did."""
+
+    attempt: int | None  # None: another process had already recorded this attempt's failure
+    status: str  # the job's status now: `retrying`, `failed` (or `completed`: left alone)
+    history: list[Row]
+
+
+def record_failed_attempt(
+    conn: Conn,
+    job_id: str,
+    *,
+    worker: str | None,
+    final: bool,
+    error_type: str,
+    error_message: str,
+    next_retry_at: datetime | None,
+    only_if_active: bool = False,
+) -> FailedAttempt | None:
+    """Close the running attempt as failed (or add a failed one if it never opened its row)
+    and make the job `retrying` or, when final, `failed`. None when the job is unknown; status
+    `completed` (and nothing changed) when it had already completed.
+
+    `only_if_active` is for paths that can race for one dead attempt (the orphan sweep and
+    RQ's abandoned-job cleanup): when no attempt is open, the other one got there first.
+    """
+    row = get(conn, job_id, lock=True)
+    if row is None:
+        return None
+    if row["status"] == "completed":
+        return FailedAttempt(attempt=None, status="completed", history=[])
+    latest = conn.execute(SQL_LATEST_ATTEMPT, {"job_id": job_id}).fetchone()
+    attempt: int | None
+    if latest is not None and latest["status"] == "active":
+        attempt = int(latest["attempt"])
+        end_attempt(conn, job_id, attempt, "failed", error_type, error_message)
+    elif only_if_active:
+        attempt = None
+    else:
+        added = conn.execute(
+            SQL_INSERT_FAILED_ATTEMPT,
+            {
+                "job_id": job_id,
+                "worker": worker,
+                "error_type": error_type,
+                "error_message": error_message,
+            },
+        ).fetchone()
+        assert added is not None
+        attempt = int(added["attempt"])
+        conn.execute(SQL_SET_ATTEMPT_NUMBER, {"job_id": job_id, "attempt": attempt})
+    if attempt is None and not final:
+        return FailedAttempt(attempt=None, status=row["status"], history=[])
+    status = "failed" if final else "retrying"
+    conn.execute(
+        SQL_FAIL,
+        {
+            "job_id": job_id,
+            "status": status,
+            "final": final,
+            "error_type": error_type,
+            "error_message": error_message,
+            "next_retry_at": None if final else next_retry_at,
+        },
+    )
+    return FailedAttempt(
+        attempt=attempt, status=status, history=attempts(conn, job_id) if final else []
+    )
+
+
+def attempt_count(conn: Conn, job_id: str) -> int:
+    """How many attempts the history holds (the number of the latest)."""
+    latest = conn.execute(SQL_LATEST_ATTEMPT, {"job_id": job_id}).fetchone()
+    return 0 if latest is None else int(latest["attempt"])
+
+
+def requeued(conn: Conn, job_id: str, *, attempts: int, fresh_attempts: int) -> Row | None:
+    """Set a failed job back to `pending` with a fresh budget after `attempts` so far; the
+    history stays and numbering continues. None when a worker already moved it on."""
+    return conn.execute(
+        SQL_REQUEUED,
+        {"job_id": job_id, "attempts": attempts, "fresh_attempts": fresh_attempts},
+    ).fetchone()

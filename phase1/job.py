@@ -6,19 +6,25 @@ import logging
 import traceback as tb_module
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
+from psycopg.errors import LockNotAvailable, QueryCanceled
 from pydantic import ValidationError
 from redis import Redis
 from rq import get_current_job
+from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from phase1 import context, deadletter, events, executions, plans
-from phase1.errors import PermanentJobError
+from phase1.context import Phase1
+from phase1.errors import PermanentJobError, UnavailableError
+from phase1.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
 
 log = logging.getLogger(__name__)
+
+Recorded = Literal["recorded", "duplicate", "completed"]
 
 
 def _payload(raw: Any) -> JobPayload:
@@ -30,6 +36,7 @@ def _payload(raw: Any) -> JobPayload:
         raise PermanentJobError(f"invalid job payload at {where}: {first['msg']}") from None
 
 
+@heartbeating
 def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     """Create the plan's Phase 1 tasks; the job's RQ entry point.
 
@@ -44,7 +51,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     plan_id = str(payload.planId)
 
     with ctx.transaction() as conn:
-        attempt = executions.start_attempt(conn, job.id, job.worker_name)
+        attempt = executions.start_attempt(conn, job.id, job.worker_name, job.retries_left or 0)
         if attempt is None:
             row = executions.get(conn, job.id)
     if attempt is None:
@@ -74,16 +81,46 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     return result
 
 
-def failure_reason(exc_type: type[BaseException] | None) -> FailureReason:
+def _database_timeout(exc: BaseException | None) -> BaseException | None:
+    """The statement or lock timeout behind `exc`, if any (db.py wraps driver errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, QueryCanceled | LockNotAvailable):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_failure(
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    job_timeout: float | None = None,
+) -> tuple[FailureReason, str, str]:
+    """The reason, error type and message recorded for a failed attempt."""
     if exc_type is None:
-        return "exception"
+        return "exception", "Error", str(exc_value or "the attempt failed")
+    name = exc_type.__name__
+    text = str(exc_value) if exc_value is not None else ""
     if issubclass(exc_type, PermanentJobError):
-        return "permanent"
+        return "permanent", name, text or name
     if issubclass(exc_type, JobTimeoutException):
-        return "timeout"
-    if exc_type.__name__ == "AbandonedJobError":
-        return "abandoned"
-    return "exception"
+        return "timeout", name, f"attempt timed out after {job_timeout} s: {text or name}"
+    if issubclass(exc_type, AbandonedJobError):
+        return "abandoned", name, "the worker running the attempt died (found by rq's cleanup)"
+    db_timeout = _database_timeout(exc_value)
+    if db_timeout is not None:
+        first = (str(db_timeout).strip().splitlines() or [type(db_timeout).__name__])[0]
+        return (
+            "timeout",
+            type(db_timeout).__name__,
+            f"the database gave up before the {job_timeout} s attempt timeout: {first}",
+        )
+    return "exception", name, text or name
+
+
+def failure_reason(exc_type: type[BaseException] | None) -> FailureReason:
+    return describe_failure(exc_type, None)[0]
 
 
 def _plan_id(job: Job) -> str | None:
@@ -92,7 +129,14 @@ def _plan_id(job: Job) -> str | None:
         return str(meta_plan)
     try:
         return str(job.args[0]["planId"])
-    except (IndexError, KeyError, TypeError):
+    except Exception:  # no args, another shape, or data this serializer cannot read
+        return None
+
+
+def _payload_of(job: Job) -> Any:
+    try:
+        return job.args[0] if job.args else None
+    except Exception:
         return None
 
 
@@ -103,11 +147,12 @@ def on_failure(
     exc_value: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    """RQ calls this on *every* failed attempt, before it decides whether to retry.
+    """RQ calls this on *every* failed attempt, before it decides whether to retry, and for
+    abandoned jobs its registry cleanup finds (AbandonedJobError).
 
     Permanent errors use up the retry budget at once; the last failure dead-letters the job.
     """
-    reason = failure_reason(exc_type)
+    reason, error_type, message = describe_failure(exc_type, exc_value, job.timeout)
     if reason == "permanent":
         job.retries_left = 0  # RQ reads this right after the callback: no retry
     final = not job.should_retry
@@ -118,13 +163,15 @@ def on_failure(
         job,
         connection,
         reason=reason,
-        error_type=exc_type.__name__ if exc_type else "Error",
-        message=str(exc_value) if exc_value is not None else "",
+        error_type=error_type,
+        message=message,
         traceback_text="".join(tb_module.format_exception(exc_type, exc_value, tb))
         if exc_type and tb
         else None,
         final=final,
         next_retry_at=next_retry_at,
+        # The orphan sweep may have recorded this dead attempt first.
+        only_if_active=reason == "abandoned",
     )
 
 
@@ -138,60 +185,73 @@ def record_failure(
     traceback_text: str | None,
     final: bool,
     next_retry_at: datetime | None,
-) -> None:
-    """Write a failed attempt to the audit trail, the DLQ when final, and the event stream."""
-    ctx = context.for_worker_process()
+    only_if_active: bool = False,
+    ctx: Phase1 | None = None,
+) -> Recorded:
+    """Write a failed attempt to the audit trail, the DLQ when final, and the event stream.
+
+    Returns `recorded`; `duplicate` when another path had recorded this attempt already
+    (`only_if_active`); `completed` when the job had completed (its work committed before
+    the process died): nothing is failed then. A final failure reaches the DLQ even when
+    PostgreSQL is down; the UnavailableError is raised after that.
+    """
+    ctx = ctx or context.for_worker_process()
     settings = ctx.settings
     plan_id = _plan_id(job)
-    message = message or error_type
-    if reason == "timeout":
-        message = f"attempt timed out after {job.timeout} s: {message}"
-    with ctx.transaction() as conn:
-        row = executions.get(conn, job.id)
-        attempt = int(row["attempt_number"] or 1) if row else 1
-        executions.fail_attempt(
-            conn,
-            job.id,
-            attempt,
-            final=final,
-            error_type=error_type,
-            error_message=message[:10_000],
-            next_retry_at=next_retry_at.replace(tzinfo=None) if next_retry_at else None,
-        )
-        history = executions.attempts(conn, job.id) if final else []
+    message = (message or error_type)[:10_000]
+    failed: executions.FailedAttempt | None = None
+    audit_error: UnavailableError | None = None
+    try:
+        with ctx.transaction() as conn:
+            failed = executions.record_failed_attempt(
+                conn,
+                job.id,
+                worker=job.worker_name,
+                final=final,
+                error_type=error_type,
+                error_message=message,
+                next_retry_at=next_retry_at.replace(tzinfo=None) if next_retry_at else None,
+                only_if_active=only_if_active,
+            )
+    except UnavailableError as exc:
+        log.error("job %s: could not record the failed attempt in PostgreSQL: %s", job.id, exc)
+        audit_error = exc
+    if failed is not None and failed.status == "completed":
+        log.info("job %s had completed; its late failure (%s) changes nothing", job.id, reason)
+        return "completed"
+    attempt = failed.attempt if failed is not None else None
+    dead_lettered = False
     if final:
-        deadletter.add(
+        history = failed.history if failed is not None else []
+        dead_lettered = deadletter.add(
             connection,
             settings.queue,
-            {
-                "jobId": job.id,
-                "planId": plan_id,
-                "queue": settings.queue,
-                "reason": reason,
-                "errorType": error_type,
-                "message": message,
-                "traceback": traceback_text,
-                "payload": job.args[0] if job.args else None,
-                "attempts": [
-                    {
-                        "attempt": a["attempt"],
-                        "status": a["status"],
-                        "worker": a["worker"],
-                        "startedAt": a["started_at"],
-                        "endedAt": a["ended_at"],
-                        "errorType": a["error_type"],
-                        "error": a["error_message"],
-                    }
-                    for a in history
-                ],
-            },
+            deadletter.make_entry(
+                job_id=job.id,
+                plan_id=plan_id,
+                queue=settings.queue,
+                reason=reason,
+                error_type=error_type,
+                message=message,
+                traceback_text=traceback_text,
+                payload=_payload_of(job),
+                history=history,
+            ),
             retention=settings.dlq_retention,
         )
-    data: dict[str, Any] = {
-        "final": final,
-        "reason": reason,
-        "error": {"type": error_type, "message": message},
-    }
-    if next_retry_at is not None:
-        data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
-    events.emit(connection, settings, events.make(events.FAILED, job.id, plan_id, attempt, data))
+        if attempt is None and history:
+            attempt = int(history[-1]["attempt"])
+    recorded = (failed is not None and failed.attempt is not None) or dead_lettered
+    if recorded or audit_error is not None:
+        data: dict[str, Any] = {
+            "final": final,
+            "reason": reason,
+            "error": {"type": error_type, "message": message},
+        }
+        if next_retry_at is not None:
+            data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
+        event = events.make(events.FAILED, job.id, plan_id, attempt, data)
+        events.emit(connection, settings, event)
+    if audit_error is not None:
+        raise audit_error
+    return "recorded" if recorded else "duplicate"

@@ -12,7 +12,7 @@ from typing import Any
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from phase1 import keys
+from phase1 import keys, sweep
 from phase1.context import Phase1, install_worker_context
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class Phase1ForkingWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
+        # issue 3: a horse killed without reporting still gets its attempt recorded.
+        kwargs.setdefault("work_horse_killed_handler", sweep.on_horse_killed)
         super().__init__(*args, **kwargs)
 
 
@@ -51,7 +53,11 @@ def run(ctx: Phase1, *, burst: bool = False, fork: bool = False, name: str | Non
         connection=ctx.redis,
         name=name,
     )
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    sweeper = sweep.start(ctx)  # issue 3: orphaned jobs of dead workers, found in seconds
+    try:
+        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    finally:
+        sweeper.stop()
 
 
 def supervise(argv: list[str], processes: int, *, burst: bool) -> int:

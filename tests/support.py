@@ -256,3 +256,29 @@ JOB_VIEW_KEYS = frozenset(
         "nextRetryAt",
     }
 )
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(entry.name))
+    return children
+
+
+def horse_pid(worker_pid: int) -> int | None:
+    """The work horse of a forking RQ worker: the child that leads its own process group
+    (RQ's horse calls setpgrp; the scheduler child does not)."""
+    for child in child_pids(worker_pid):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(child) == child:
+                return child
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from phase1 import __version__
-from phase1.cli import demo, embedded, info, jobs, plans
+from phase1.cli import demo, dlq, embedded, info, jobs, plans
 from phase1.cli.common import Phase1Group, State, setup_logging
 from phase1.cli.events import events_command
 
@@ -52,6 +52,7 @@ app.command("events")(events_command)
 app.add_typer(plans.app, name="plans")
 app.command("info")(info.info)
 app.add_typer(embedded.app, name="embedded")
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

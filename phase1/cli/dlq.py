@@ -1,0 +1,239 @@
+"""`phase1 dlq`: look at dead-lettered jobs and send them back to the queue."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import typer
+
+from phase1 import deadletter
+from phase1.cli.common import (
+    EXIT_FAILURE,
+    Phase1Group,
+    Steps,
+    fail,
+    one_line,
+    print_details,
+    print_json,
+    print_table,
+    progress,
+    state,
+    stderr,
+    stdout,
+)
+from phase1.errors import InvalidInputError, NotFoundError
+
+app = typer.Typer(
+    cls=Phase1Group,
+    help="The dead-letter queue: jobs that failed for good (retries exhausted, a permanent "
+    "error, a dead worker), with every attempt's story; send them back with `requeue`.",
+    no_args_is_help=True,
+)
+
+# `--all` shows a progress bar from this many entries on.
+PROGRESS_FROM = 20
+
+
+def _seconds(moment: str | None) -> str:
+    """An ISO-8601 time without its fraction of a second, for tables."""
+    if not moment:
+        return "-"
+    head, _, tail = moment.partition(".")
+    return head + ("Z" if tail.endswith("Z") else "")
+
+
+def _summary(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jobId": entry.get("jobId"),
+        "planId": entry.get("planId"),
+        "reason": entry.get("reason"),
+        "attempts": len(entry.get("attempts") or []),
+        "failedAt": entry.get("failedAt"),
+        "errorType": entry.get("errorType"),
+        "message": entry.get("message"),
+    }
+
+
+@app.command("list")
+def list_entries(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='Print {"queue", "total", "entries": [{jobId, planId, reason, attempts, failedAt, '
+        "errorType, message}]} instead.",
+    ),
+    limit: int = typer.Option(1000, "--limit", min=1, help="Show at most this many (newest)."),
+) -> None:
+    """List dead-lettered jobs, newest first: job, plan, reason, attempts, when, error.
+
+    Example: phase1 dlq list --json
+    """
+    conn = state(ctx).connect()
+    queue = conn.settings.queue
+    entries = deadletter.list_entries(conn.redis, queue, limit)
+    total = deadletter.size(conn.redis, queue)
+    if as_json:
+        print_json({"queue": queue, "total": total, "entries": [_summary(e) for e in entries]})
+        return
+    if not entries:
+        stderr().print(f"the dead-letter queue of {queue} is empty", highlight=False)
+        return
+    rows = []
+    for entry in entries:
+        row = _summary(entry)
+        rows.append(
+            (
+                row["jobId"],
+                row["planId"] or "-",
+                row["reason"],
+                row["attempts"],
+                _seconds(row["failedAt"]),
+                f"{row['errorType']}: {one_line(row['message'], 120)}",
+            )
+        )
+    print_table(
+        ("job", "plan", "reason", "attempts", "failed at", "error"),
+        rows,
+        title=f"dead-letter queue of {queue}: {total} job(s)",
+        keep=("job", "plan"),  # ids are copied into the next command: never cut them
+    )
+
+
+@app.command("inspect")
+def inspect(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., help="A job id from `phase1 dlq list`."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the whole entry: jobId, planId, queue, reason, errorType, message, "
+        "traceback, payload, attempts [{attempt, status, worker, startedAt, endedAt, "
+        "errorType, error}], failedAt.",
+    ),
+) -> None:
+    """Show one dead-lettered job: why it failed, its payload, and every attempt.
+
+    Example: phase1 dlq inspect "$job"
+    """
+    conn = state(ctx).connect()
+    entry = deadletter.get(conn.redis, conn.settings.queue, job_id)
+    if entry is None:
+        raise NotFoundError(f"job {job_id} is not in the dead-letter queue")
+    if as_json:
+        print_json(entry)
+        return
+    print_details(
+        [
+            ("job", entry.get("jobId")),
+            ("plan", entry.get("planId") or "-"),
+            ("queue", entry.get("queue") or conn.settings.queue),
+            ("reason", entry.get("reason")),
+            ("error", f"{entry.get('errorType')}: {entry.get('message')}"),
+            ("failed at", entry.get("failedAt") or "-"),
+            ("payload", json.dumps(entry.get("payload"), default=str)),
+        ]
+    )
+    rows = [
+        (
+            a["attempt"],
+            a["status"],
+            a.get("worker") or "-",
+            _seconds(a.get("startedAt")),
+            _seconds(a.get("endedAt")),
+            f"{a['errorType']}: {one_line(a['error'], 120)}" if a.get("errorType") else "",
+        )
+        for a in entry.get("attempts") or []
+    ]
+    print_table(("#", "status", "worker", "started", "ended", "error"), rows, title="attempts")
+    out = stdout()
+    if entry.get("traceback"):
+        out.print("[bold]traceback[/] (last attempt)")
+        out.print(entry["traceback"].rstrip(), markup=False, highlight=False, style="dim")
+
+
+def _steps(count: int) -> contextlib.AbstractContextManager[Steps]:
+    """A bar for requeueing many entries (drawn on a terminal only)."""
+    if count < PROGRESS_FROM:
+        return contextlib.nullcontext(Steps(None, None))
+    return progress(count, "requeueing")
+
+
+@app.command("requeue")
+def requeue(
+    ctx: typer.Context,
+    job_ids: list[str] = typer.Argument(None, help="Job ids to send back (or use --all)."),
+    all_: bool = typer.Option(False, "--all", help="Send back every job in the DLQ."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would be sent back; move nothing."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='Print {"queue", "dryRun", "requeued": [{jobId, planId, attemptsSoFar, '
+        'freshAttempts}], "missing": ["<job id>", ...]} instead.',
+    ),
+) -> None:
+    """Send jobs from the DLQ back to the queue, each with a fresh retry budget.
+
+    An entry leaves the DLQ only as its job goes back on the queue (one Redis transaction);
+    its attempt history stays and numbering continues. Prints the job ids sent back on
+    stdout and a summary on stderr. An id not in the DLQ is an error (exit 1); the others
+    still move.
+
+    Example: phase1 dlq requeue --all --dry-run
+    """
+    if all_ and job_ids:
+        raise InvalidInputError("give job ids or --all, not both")
+    if not all_ and not job_ids:
+        raise InvalidInputError("give one or more job ids, or --all")
+    conn = state(ctx).connect()
+    queue = conn.settings.queue
+    ids = deadletter.job_ids(conn.redis, queue) if all_ else list(dict.fromkeys(job_ids))
+    moved: list[deadletter.Requeued] = []
+    missing: list[str] = []
+    err = stderr()
+    # A bar for many entries (on a terminal only); the summary line says what moved.
+    with _steps(len(ids)) as steps:
+        for job_id in ids:
+            try:
+                moved.append(deadletter.requeue(conn, job_id, dry_run=dry_run))
+            except NotFoundError as exc:
+                missing.append(job_id)
+                if not as_json:
+                    fail(str(exc))  # the error line now; the exit code once the rest moved
+            steps.advance()
+    if as_json:
+        print_json(
+            {
+                "queue": queue,
+                "dryRun": dry_run,
+                "requeued": [
+                    {
+                        "jobId": r.job_id,
+                        "planId": r.plan_id,
+                        "attemptsSoFar": r.attempts_so_far,
+                        "freshAttempts": r.fresh_attempts,
+                    }
+                    for r in moved
+                ],
+                "missing": missing,
+            }
+        )
+    else:
+        for r in moved:
+            typer.echo(r.job_id)
+        verb = "would send back" if dry_run else "sent back"
+        summary = f"{verb} {len(moved)} job(s) to {queue}"
+        if moved:
+            summary += f", each with {moved[0].fresh_attempts} fresh attempt(s)"
+        if missing:
+            summary += f"; {len(missing)} not in the dead-letter queue"
+        if all_ and not ids:
+            summary = f"the dead-letter queue of {queue} is empty: nothing to send back"
+        if moved or not missing:  # nothing moved: the error lines say it all
+            err.print(summary, highlight=False)
+    if missing:
+        raise typer.Exit(EXIT_FAILURE)

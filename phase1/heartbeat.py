@@ -1,0 +1,96 @@
+"""Heartbeats of running Phase 1 jobs: the sign of life the orphan sweep reads.
+
+The process that runs the job beats, not the worker around it: a forking worker's horse that
+outlives its parent still beats, and a job run by plain `rq worker` beats too. A job whose
+beats stop for PHASE1_ORPHAN_AFTER seconds while RQ still says `started` is an orphan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import get_current_job
+
+from phase1 import context, keys
+from phase1.settings import Settings
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def beat_interval(settings: Settings) -> float:
+    """Seconds between beats: several per `orphan_after`, so one late beat is no death."""
+    return max(0.1, settings.orphan_after / 4)
+
+
+def beat(redis: Redis, queue: str, job_id: str) -> None:
+    """Record that `job_id` is alive now (the score is unix seconds)."""
+    redis.zadd(keys.heartbeats(queue), {job_id: time.time()})
+
+
+def _beat_quietly(redis: Redis, queue: str, job_id: str) -> None:
+    try:
+        beat(redis, queue, job_id)
+    except RedisError as exc:
+        log.warning("could not record a heartbeat for job %s: %s", job_id, exc)
+
+
+@contextlib.contextmanager
+def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[None]:
+    """Beat for `job_id` from a daemon thread while the block runs.
+
+    The last beat is stamped on the way out and left in place: RQ still has to record the
+    outcome, and the sweep must not take that moment for a death. The sweep prunes it later.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            _beat_quietly(redis, queue, job_id)
+
+    _beat_quietly(redis, queue, job_id)
+    thread = threading.Thread(target=loop, name=f"phase1-heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1)
+        _beat_quietly(redis, queue, job_id)
+
+
+def _forget_ancient(redis: Redis, queue: str, settings: Settings) -> None:
+    """Drop beats far older than any live job's: each job leaves its last beat behind, and
+    with no phase1 worker sweeping (plain `rq worker` only) nothing else would remove them.
+    The sweep does not need them: a dead job's own RQ timestamps are as old."""
+    cutoff = time.time() - max(3600.0, 10 * settings.orphan_after)
+    try:
+        redis.zremrangebyscore(keys.heartbeats(queue), "-inf", cutoff)
+    except RedisError as exc:
+        log.warning("could not prune old heartbeats: %s", exc)
+
+
+def heartbeating(func: F) -> F:
+    """Make a job function beat while it runs inside an RQ worker (no-op outside one)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        job = get_current_job()
+        if job is None:
+            return func(*args, **kwargs)
+        ctx = context.for_worker_process()
+        queue = job.origin or ctx.settings.queue
+        _forget_ancient(ctx.redis, queue, ctx.settings)
+        with beating(ctx.redis, queue, job.id, beat_interval(ctx.settings)):
+            return func(*args, **kwargs)
+
+    return cast(F, wrapper)
