@@ -350,10 +350,13 @@ class Workers:
                     raise BenchError(f"workers did no work in 90 s; see {self.logs}")
                 break
             time.sleep(0.02)
-        self.stop()
+        # Workers that ended by themselves must have ended well; those stopped here may exit
+        # with anything (RQ exits 1 when the signal lands in some of its set-up steps).
         for proc in self.procs:
-            if proc.returncode not in (0, -signal.SIGTERM):
+            if proc.poll() not in (None, 0):
+                self.stop()
                 raise BenchError(f"worker {proc.args!r} exited with {proc.returncode}")
+        self.stop()
 
     def stop(self) -> None:
         self._stop.set()

@@ -54,7 +54,7 @@ def drain(env: BenchEnv, kind: str, processes: int, count: int, seconds: float) 
 def run(env: BenchEnv) -> tuple[list[Row], dict[str, Any]]:
     # Each run drains a pre-filled queue for a few seconds (queue sizes above what each
     # kind can do in that time; the forking Worker manages ~80 jobs/s on a quiet machine).
-    seconds = 0.5 if env.quick else 2.5
+    seconds = 0.5 if env.quick else 2.0
     base = 100 if env.quick else 2000
     rows: list[Row] = []
     raw: dict[str, Any] = {"seconds": seconds}

@@ -40,7 +40,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.md/json go")
     parser.add_argument("--rss-jobs", type=int, help="jobs in the RSS run (100,000; quick 1,500)")
     parser.add_argument(
-        "--rss-seconds", type=float, help="time limit of the RSS run (default 150 s; 0: none)"
+        "--rss-seconds", type=float, help="time limit of the RSS run (default 60 s; 0: none)"
     )
     args = parser.parse_args(argv)
     only = set((args.only or ",".join(SECTIONS)).split(","))
@@ -50,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.reps = args.reps or (1 if args.quick else 5)
     args.rss_jobs = args.rss_jobs or (300 if args.quick else 100_000)
     if args.rss_seconds is None:
-        args.rss_seconds = 10 if args.quick else 100
+        args.rss_seconds = 10 if args.quick else 60
     args.rss_seconds = args.rss_seconds or float("inf")
     return args
 
