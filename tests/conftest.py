@@ -15,13 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
-from redis import Redis
-from support import Processes, with_db
+from support import Processes
 
-from phase1 import db
+from bench.env import NoFreeDatabase, claimed_redis, own_database
 from phase1.context import Phase1, build
 from phase1.settings import Settings
 
@@ -64,29 +61,11 @@ def redis_server_url(embedded_servers: Path) -> str:
 @pytest.fixture(scope="session")
 def redis_url(redis_server_url: str) -> Iterator[str]:
     """A Redis database number claimed for this test run (1-15), emptied before use."""
-    base = redis_server_url.rstrip("/")
-    if base.count("/") > 2:
-        base = base.rsplit("/", 1)[0]
-    admin = Redis.from_url(base + "/0")
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    claimed = None
-    for number in range(15, 0, -1):
-        if admin.set(f"phase1:test-db-claim:{number}", token, nx=True, ex=3600):
-            claimed = number
-            break
-    if claimed is None:
-        pytest.fail("no free Redis database number (1-15) for this test run")
-    url = f"{base}/{claimed}"
-    own = Redis.from_url(url)
-    own.flushdb()  # our own database number, claimed above: nobody else's data
     try:
-        yield url
-    finally:
-        own.flushdb()
-        own.close()
-        if admin.get(f"phase1:test-db-claim:{claimed}") == token.encode():
-            admin.delete(f"phase1:test-db-claim:{claimed}")
-        admin.close()
+        with claimed_redis(redis_server_url, holder=str(os.getpid())) as url:
+            yield url
+    except NoFreeDatabase as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -104,21 +83,8 @@ def pg_server_url(embedded_servers: Path) -> str:
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A database of this run's own, migrated, dropped afterwards."""
-    name = f"phase1_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin_url = with_db(pg_server_url, "postgres")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_db(pg_server_url, name)
-    db.migrate(url)
-    try:
+    with own_database(pg_server_url, prefix="phase1_test") as url:
         yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture

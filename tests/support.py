@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from psycopg.conninfo import make_conninfo
 
+from bench.env import with_db
 from phase1.settings import Settings
+
+__all__ = ["with_db"]  # re-exported: tests build database URLs with it
 
 BIN = Path(sys.executable).parent
 PHASE1 = str(BIN / "phase1")
@@ -166,13 +167,6 @@ def inject_fault(database_url: str, plan_id: Any, *, fail_times: int, sleep_s: f
             "sleep_s = EXCLUDED.sleep_s",
             (str(plan_id), fail_times, sleep_s),
         )
-
-
-def with_db(url: str, name: str) -> str:
-    """`url` naming database `name` instead (URLs keep their form, e.g. ?host=/socket/dir)."""
-    if "://" in url:
-        return urlunsplit(urlsplit(url)._replace(path="/" + name))
-    return make_conninfo(url, dbname=name)
 
 
 def run_in_terminal(
