@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     orphan_after: float = Field(default=15, gt=0, le=3600)
     # Where the embedded Redis and PostgreSQL keep their data.
     home: Path = Path(".phase1")
+    # Seconds between a worker's reconciler runs (re-enqueue what PostgreSQL holds and Redis
+    # lost) and RQ's own registry maintenance.
+    reconcile_interval: float = Field(default=30, gt=0, le=86_400)
+    # Rows younger than this are left alone by the reconciler (an approval between its commit
+    # and its enqueue).
+    reconcile_grace: float = Field(default=5, ge=0, le=3600)
 
     @field_validator("retry_intervals", mode="before")
     @classmethod

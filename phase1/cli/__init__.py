@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from phase1 import __version__
-from phase1.cli import demo, jobs, plans
+from phase1.cli import demo, jobs, ops, plans
 from phase1.cli.common import Phase1Group, State, setup_logging
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ app.command("enqueue")(jobs.enqueue)
 app.command("status")(jobs.status)
 app.command("worker")(jobs.worker)
 app.command("demo")(demo.demo)
+app.command("reconcile")(ops.reconcile)
 app.add_typer(plans.app, name="plans")
 
 
