@@ -49,6 +49,12 @@ HORSE_KILL_GRACE = 5.0  # after interrupting a work horse, before SIGKILL
 HARD_EXIT_GRACE = 10.0  # after interrupting an in-process job that ignores it, before exiting
 MAX_BACKOFF = 30.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Abandoned-job detection (RQ's StartedJobRegistry cleanup, run in worker maintenance) sees a
+# job once its execution's heartbeat TTL has passed; see get_heartbeat_ttl below.
+DEFAULT_JOB_TIMEOUT = 180  # RQ's Queue.DEFAULT_TIMEOUT
+CALLBACK_TIMEOUT = 10  # phase1's on_failure gets max(10, job timeout)
+HEARTBEAT_MARGIN = 10
+JOB_MONITORING_INTERVAL = 5
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -231,6 +237,16 @@ class Phase1Worker(_Phase1Base, SimpleWorker):
     Usable from plain rq too: `rq worker -w phase1.worker.Phase1Worker ...`.
     """
 
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """How long the job's execution counts as alive without news. Nothing refreshes it
+        while an in-process job runs, so it must cover the attempt (bounded by the job
+        timeout) and its failure callback; RQ adds 60 s to the timeout, which left a killed
+        worker's job `started` for over a minute before cleanup could see it."""
+        timeout = job.timeout or DEFAULT_JOB_TIMEOUT
+        if timeout < 0:
+            return int(super().get_heartbeat_ttl(job, working_time))
+        return int(timeout + max(CALLBACK_TIMEOUT, timeout) + HEARTBEAT_MARGIN)
+
     def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
         return [(after, shutdown.interrupt_main_thread), (HARD_EXIT_GRACE, self._give_up)]
 
@@ -252,6 +268,17 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
     """
 
     _killed_for_shutdown: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The worker heartbeats its horse's execution this often (RQ: every 30 s).
+        kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
+        super().__init__(*args, **kwargs)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Until the next heartbeat plus a margin (RQ adds 60 s): a killed worker's job is
+        seen as abandoned within seconds of its last heartbeat."""
+        remaining = (job.timeout or DEFAULT_JOB_TIMEOUT) - working_time
+        return int(max(1, min(remaining, self.job_monitoring_interval)) + HEARTBEAT_MARGIN)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         global _forking_horse
@@ -313,7 +340,8 @@ def build_worker(ctx: Phase1, *, fork: bool = False, name: str | None = None) ->
         connection=connection,
         name=name,
         shutdown_timeout=ctx.settings.shutdown_timeout,
-        maintenance_interval=int(max(1, min(ctx.settings.reconcile_interval, 600))),
+        # RQ's own maintenance (abandoned jobs, a dead scheduler restarted) at least every 15 s.
+        maintenance_interval=int(max(1, min(ctx.settings.reconcile_interval, 15))),
     )
 
 
