@@ -174,13 +174,15 @@ def requeue_interrupted(
         job.retries_left,
     )
     plan_id = (job.meta or {}).get("planId")
+    if plan_id is None:
+        return attempt  # not a Phase 1 job (a webhook delivery): no lifecycle event
     events.emit(
         connection,
         ctx.settings,
         events.make(
             events.ENQUEUED,
             job.id,
-            str(plan_id) if plan_id else None,
+            str(plan_id),
             attempt,
             {"queue": queue.name, "reason": "interrupted"},
         ),

@@ -92,8 +92,14 @@ class Supervisor:
         self.respawn_at.append(time.monotonic() + delay)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
         for _ in range(self.processes):
             self.spawn()
         while self.children or self.respawn_at:

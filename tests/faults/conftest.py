@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import OwnRedis
+
+from faults.faultkit import OwnRedis
 
 RECOVERIES: list[tuple[str, str, str, str]] = []
 

@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from faultkit import (
+from support import Processes
+
+from faults.faultkit import (
     check_invariants,
     horse_of,
     kill,
@@ -16,8 +18,6 @@ from faultkit import (
     status,
     wait_final,
 )
-from support import Processes
-
 from phase1.context import build
 from phase1.settings import Settings
 

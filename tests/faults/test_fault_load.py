@@ -9,16 +9,34 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from faultkit import check_invariants, make_plans, start_worker, wait_final
 from rq.job import Job, JobStatus
-from support import PHASE1, Processes
+from support import PHASE1, Processes, run_threads
 
+from faults.faultkit import check_invariants, make_plans, start_worker, wait_final
 from phase1 import approval, events
 from phase1.context import Phase1, build
 from phase1.errors import UnavailableError
 from phase1.settings import Settings
 
 Record = Callable[[str, str, str, float | None], None]
+
+
+def approve_like_a_client(ctx: Phase1, plan_id: uuid.UUID) -> tuple[Counter[str], str | None]:
+    """One approval, retried after a 503 (UnavailableError) as an HTTP client would."""
+    seen: Counter[str] = Counter()
+    for _ in range(20):
+        try:
+            job_id = approval.approve(ctx, plan_id).job_id
+        except UnavailableError:
+            seen["503"] += 1
+            time.sleep(0.2)
+            continue
+        except Exception as exc:
+            seen[type(exc).__name__] += 1
+            return seen, None
+        seen["202"] += 1
+        return seen, job_id
+    return seen, None
 
 
 def approve_from_threads(
@@ -34,37 +52,21 @@ def approve_from_threads(
     job_ids: list[str] = []
     lock = threading.Lock()
     todo = list(plan_ids)
-    barrier = threading.Barrier(threads)
 
     def client() -> None:
-        barrier.wait()
         while True:
             with lock:
                 if not todo:
                     return
                 plan_id = todo.pop()
-            for _ in range(20):
-                try:
-                    job_id = approval.approve(ctx, plan_id).job_id
-                except UnavailableError:
-                    with lock:
-                        answers["503"] += 1
-                    time.sleep(0.2)
-                    continue
-                except Exception as exc:
-                    with lock:
-                        answers[type(exc).__name__] += 1
-                    break
-                with lock:
-                    answers["202"] += 1
+            answer, job_id = approve_like_a_client(ctx, plan_id)
+            with lock:
+                answers.update(answer)
+                if job_id is not None:
                     job_ids.append(job_id)
-                break
 
-    pool = [threading.Thread(target=client) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    _, errors = run_threads(threads, client)
+    assert not errors
     return job_ids, answers
 
 

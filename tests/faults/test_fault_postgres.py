@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from faultkit import (
+from support import Processes
+
+from faults.faultkit import (
     attempt_history,
     check_invariants,
     pg_terminate,
@@ -16,8 +18,6 @@ from faultkit import (
     sleeping_backend,
     wait_final,
 )
-from support import Processes
-
 from phase1 import db, embedded
 from phase1.context import build
 from phase1.settings import Settings

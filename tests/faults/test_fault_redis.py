@@ -10,7 +10,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from faultkit import (
+from support import PHASE1, Processes, settings_env, wait_until
+
+from faults.faultkit import (
     OwnRedis,
     approve_all,
     check_invariants,
@@ -20,8 +22,6 @@ from faultkit import (
     status,
     wait_final,
 )
-from support import PHASE1, Processes, settings_env, wait_until
-
 from phase1 import approval, executions
 from phase1.context import Phase1, build
 from phase1.errors import UnavailableError

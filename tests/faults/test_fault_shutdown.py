@@ -8,7 +8,10 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faultkit import (
+from rq.job import Job, JobStatus
+from support import Processes, wait_until
+
+from faults.faultkit import (
     approve_slow,
     attempt_history,
     check_invariants,
@@ -21,9 +24,6 @@ from faultkit import (
     status,
     wait_final,
 )
-from rq.job import Job, JobStatus
-from support import Processes, wait_until
-
 from phase1.context import Phase1, build
 from phase1.settings import Settings
 
