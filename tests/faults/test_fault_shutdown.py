@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from rq.job import Job, JobStatus
-from support import Processes, wait_until
+from support import PHASE1, Processes, wait_until
 
 from faults.faultkit import (
     approve_slow,
@@ -84,16 +86,20 @@ def test_sigterm_requeues_a_job_that_outlives_the_timeout(
     ctx.close()
 
 
+@pytest.mark.parametrize("fork", [False, True], ids=["in-process", "fork"])
 def test_a_second_signal_interrupts_at_once(
-    make_settings: Callable[..., Settings], processes: Processes
+    make_settings: Callable[..., Settings], processes: Processes, fork: bool
 ) -> None:
     ctx = build(make_settings(job_timeout=10, shutdown_timeout=60))
-    _, job_id, worker = run_slow_job(ctx, processes, 6)
+    _, job_id, worker = run_slow_job(ctx, processes, 6, *(["--fork"] if fork else []))
     worker.send_signal(signal.SIGINT)
-    time.sleep(1.3)  # a repeat within a second is taken as the same stop
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGINT)  # within a second: the same stop delivered twice
+    time.sleep(1.2)
+    assert worker.poll() is None and status(ctx, job_id) == "active"
     worker.send_signal(signal.SIGINT)
     code, took = exit_within(worker, timeout=10)
-    assert code == 0 and took < 5, processes.log(0)
+    assert code == 0 and took < 4, processes.log(0)
     assert status(ctx, job_id) == "pending"
     assert attempt_history(ctx, job_id) == ["interrupted"]
     ctx.close()
@@ -136,3 +142,38 @@ def test_supervisor_stops_its_workers_within_the_bound(
         took,
     )
     ctx.close()
+
+
+def test_a_job_that_ignores_the_interrupt_is_stopped_anyway(
+    make_settings: Callable[..., Settings], processes: Processes
+) -> None:
+    """The last resort of the bound: the work horse is killed (the worker exits 0), or the
+    in-process worker requeues the job and exits 1. Either way the job goes back."""
+    tests_dir = str(Path(__file__).resolve().parent.parent)
+    started = {}
+    for mode in ("in-process", "fork"):
+        settings = make_settings(
+            shutdown_timeout=1, job_timeout=60, queue=f"q-{uuid.uuid4().hex[:8]}"
+        )
+        ctx = build(settings)
+        job = ctx.queue().enqueue("faults.stubborn.stubborn_job", 30, job_timeout=60)
+        args = ["--fork"] if mode == "fork" else []
+        worker = processes.start([PHASE1, "worker", *args], settings, env={"PYTHONPATH": tests_dir})
+        started[mode] = (ctx, job.id, worker)
+    for ctx, job_id, _ in started.values():
+        wait_until(
+            lambda: ctx.queue().started_job_registry.get_job_ids() == [job_id],  # noqa: B023
+            timeout=30,
+            what="the stubborn job running",
+        )
+    for _, _, worker in started.values():
+        worker.send_signal(signal.SIGTERM)
+    expected = {"in-process": 1, "fork": 0}
+    for mode, (ctx, job_id, worker) in started.items():
+        code, took = exit_within(worker, timeout=30)
+        assert code == expected[mode], (mode, took)
+        assert took < 1 + 10 + 5, (mode, took)
+        job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+        assert job.get_status() == JobStatus.QUEUED, mode
+        assert ctx.queue().job_ids == [job_id]
+        ctx.close()
