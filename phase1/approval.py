@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from redis.exceptions import RedisError
-
 from phase1 import events, executions, plans
 from phase1 import queue as jobs
 from phase1.context import Phase1
@@ -78,18 +76,20 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
             jobs.enqueue(ctx, job_id, plan_id)  # an earlier enqueue was lost: mend it now
         return Approval(job_id=job_id, plan_id=plan_id, status=status, created=False)
 
-    enqueued = events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue})
-    with ctx.redis.pipeline(transaction=True) as pipe:
-        jobs.enqueue(ctx, job_id, plan_id, pipeline=pipe)
-        events.emit(pipe, settings, enqueued)
-        try:
-            pipe.execute()
-        except RedisError as exc:
-            raise UnavailableError(
-                f"approval of plan {plan_id} is recorded as job {job_id} but Redis is "
-                f"unavailable ({exc}); it will be enqueued once Redis is back"
-            ) from exc
-    events.notify(enqueued)  # only now that the job and its event are written
+    # Unique (atomic in Redis): a concurrent approval of this plan that saw the committed row
+    # before this enqueue may have enqueued the job already; it must not be queued twice.
+    try:
+        jobs.enqueue(ctx, job_id, plan_id)
+    except UnavailableError as exc:
+        raise UnavailableError(
+            f"approval of plan {plan_id} is recorded as job {job_id} but Redis is "
+            f"unavailable ({exc.__cause__ or exc}); it will be enqueued once Redis is back"
+        ) from exc
+    events.emit(
+        ctx.redis,
+        settings,
+        events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue}),
+    )
     return Approval(job_id=job_id, plan_id=plan_id, status="pending", created=True)
 
 

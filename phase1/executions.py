@@ -37,6 +37,13 @@ WITH nxt AS (
   FROM nxt
   WHERE e.job_id = %(job_id)s AND e.status <> 'completed'
   RETURNING e.job_id, e.plan_id, nxt.n AS attempt
+), lost AS (
+  -- An attempt still open when the next one starts was never recorded as ended (its worker
+  -- died, or PostgreSQL was down when it failed): close it so no attempt stays `active`.
+  UPDATE marketplace_job_attempts a
+  SET status = 'failed', ended_at = NOW(), error_type = 'AttemptLost',
+      error_message = 'the attempt ended without being recorded (worker or database lost)'
+  FROM exe WHERE a.job_id = exe.job_id AND a.status = 'active'
 ), att AS (
   INSERT INTO marketplace_job_attempts (job_id, attempt, status, worker, started_at)
   SELECT job_id, attempt, 'active', %(worker)s, NOW() FROM exe
@@ -69,6 +76,23 @@ SET status = %(status)s, error_message = %(error_message)s, error_type = %(error
     updated_at = NOW()
 WHERE job_id = %(job_id)s AND status <> 'completed'
 RETURNING *
+"""
+# An attempt stopped by a worker's shutdown: the job is `pending` again and the attempt
+# `interrupted`; neither counts against the retry budget.
+SQL_INTERRUPT = """
+WITH exe AS (
+  UPDATE marketplace_job_executions
+  SET status = 'pending', progress = 0, error_type = 'WorkerShutdown',
+      error_message = %(message)s, updated_at = NOW()
+  WHERE job_id = %(job_id)s AND status = 'active'
+  RETURNING job_id, attempt_number
+)
+UPDATE marketplace_job_attempts a
+SET status = 'interrupted', ended_at = NOW(), error_type = 'WorkerShutdown',
+    error_message = %(message)s
+FROM exe
+WHERE a.job_id = exe.job_id AND a.attempt = exe.attempt_number AND a.status = 'active'
+RETURNING a.attempt
 """
 SQL_ATTEMPTS = """
 SELECT * FROM marketplace_job_attempts WHERE job_id = %(job_id)s ORDER BY attempt
@@ -280,3 +304,10 @@ def requeued(conn: Conn, job_id: str, *, attempts: int, fresh_attempts: int) -> 
         SQL_REQUEUED,
         {"job_id": job_id, "attempts": attempts, "fresh_attempts": fresh_attempts},
     ).fetchone()
+
+
+def interrupt_attempt(conn: Conn, job_id: str, message: str) -> int | None:
+    """Record the running attempt as `interrupted` and the job as `pending` again; returns the
+    attempt number, or None when the job was not active (completed meanwhile, say)."""
+    row = conn.execute(SQL_INTERRUPT, {"job_id": job_id, "message": message}).fetchone()
+    return None if row is None else int(row["attempt"])

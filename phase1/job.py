@@ -64,6 +64,9 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     with ctx.transaction() as conn:
         row = executions.get(conn, job.id, lock=True)
         if row is not None and row["status"] == "completed":
+            # A concurrent run completed it while this attempt started: close this attempt
+            # (it did nothing) so no attempt row stays `active`.
+            executions.end_attempt(conn, job.id, attempt, "completed")
             return dict(row["result"] or {})
         created, tasks = plans.create_phase1_tasks(conn, payload.planId)
         events.progress(job, ctx.settings, plan_id, attempt, 90, step="tasks-created")

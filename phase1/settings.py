@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     webhook_retry_intervals: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [1.0, 5.0, 30.0, 60.0]
     )
+    # Seconds between a worker's reconciler runs (re-enqueue what PostgreSQL holds and Redis
+    # lost) and RQ's own registry maintenance.
+    reconcile_interval: float = Field(default=30, gt=0, le=86_400)
+    # Rows younger than this are left alone by the reconciler (an approval between its commit
+    # and its enqueue).
+    reconcile_grace: float = Field(default=5, ge=0, le=3600)
 
     @field_validator("retry_intervals", "webhook_retry_intervals", mode="before")
     @classmethod

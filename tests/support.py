@@ -276,3 +276,43 @@ def horse_pid(worker_pid: int) -> int | None:
             if os.getpgid(child) == child:
                 return child
     return None
+
+
+def run_threads(threads: int, action: Callable[[], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Call `action()` from `threads` threads released together; returns the results and the
+    exceptions raised."""
+    import threading
+
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(action())
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return results, errors
+
+
+def run_concurrently(
+    settings: Settings, action: Callable[[Any], Any], threads: int
+) -> tuple[list[Any], list[BaseException]]:
+    """`run_threads`, each thread with a Phase1 context of its own for `action(ctx)`."""
+    from phase1.context import build
+
+    def with_own_context() -> Any:
+        own = build(settings)
+        try:
+            return action(own)
+        finally:
+            own.close()
+
+    return run_threads(threads, with_own_context)

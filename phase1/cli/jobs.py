@@ -137,21 +137,28 @@ def worker(
         False, "--fork", help="Run each job in a forked work horse (RQ's Worker) for isolation."
     ),
     name: str | None = typer.Option(None, "--name", help="Worker name (unique per host)."),
+    skip_checks: bool = typer.Option(False, "--skip-checks", hidden=True),
 ) -> None:
     """Run workers on the job queue, with RQ's scheduler on (interval retries need it).
 
-    Runs until SIGTERM/Ctrl-C (or, with --burst, until the queues are empty). Any number of
-    workers on any number of hosts may share one Redis and PostgreSQL.
+    SIGTERM or SIGINT stops a worker: it takes no more jobs and gives the running one
+    PHASE1_SHUTDOWN_TIMEOUT seconds, then puts it back on the queue (no retry used) and exits 0.
+    A second signal interrupts the job at once.
+    Any number of workers on any number of hosts may share one Redis and PostgreSQL.
 
     Example: phase1 worker --processes 2
     """
     st = state(ctx)
     if processes > 1:
+        from phase1.checks import run_startup_checks
         from phase1.worker import supervise
 
-        st.connect()  # resolve the embedded default once, before the children start
-        argv = ["--processes", "1"] + (["--burst"] if burst else []) + (["--fork"] if fork else [])
-        raise typer.Exit(supervise(argv, processes, burst=burst))
+        # Resolves the embedded default once, before the children start; checks run once.
+        run_startup_checks(st.connect(), expect_scheduler=False)
+        argv = ["--processes", "1", "--skip-checks"]
+        argv += (["--burst"] if burst else []) + (["--fork"] if fork else [])
+        timeout = st.settings.shutdown_timeout
+        raise typer.Exit(supervise(argv, processes, burst=burst, shutdown_timeout=timeout))
     from phase1.worker import run
 
-    run(st.connect(pool_size=4), burst=burst, fork=fork, name=name)
+    run(st.connect(pool_size=4), burst=burst, fork=fork, name=name, checks=not skip_checks)

@@ -1,0 +1,74 @@
+"""The parts of phase1's workers that need no server: maintenance, the interrupt, deadlines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from phase1 import shutdown
+from phase1.maintenance import Maintenance
+
+
+def test_maintenance_runs_each_task_at_its_interval_and_survives_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: dict[str, int] = {"fast": 0, "broken": 0}
+
+    def broken() -> None:
+        runs["broken"] += 1
+        raise RuntimeError("Redis is down")
+
+    maintenance = Maintenance()
+    maintenance.add("fast", 0.05, lambda: runs.__setitem__("fast", runs["fast"] + 1))
+    maintenance.add("broken", 0.05, broken)
+    with caplog.at_level(logging.WARNING, logger="phase1.maintenance"):
+        maintenance.start()
+        time.sleep(0.5)
+        maintenance.stop()
+    assert runs["fast"] >= 3 and runs["broken"] >= 3  # a failing task is tried again
+    assert "maintenance task broken failed: Redis is down" in caplog.text
+    stopped_at = dict(runs)
+    time.sleep(0.2)
+    assert runs == stopped_at  # stopped means stopped
+
+
+def test_interrupt_raises_only_inside_a_job() -> None:
+    shutdown.install_interrupt_handler()
+    try:
+        os.kill(os.getpid(), shutdown.INTERRUPT_SIGNAL)  # outside a job: remembered, no raise
+        with pytest.raises(shutdown.ShutdownInterrupt), shutdown.interruptible():
+            pytest.fail("a job must not start once an interrupt is due")
+        shutdown.install_interrupt_handler()  # a new work loop forgets old interrupts
+        with pytest.raises(shutdown.ShutdownInterrupt), shutdown.interruptible():
+            threading.Timer(0.05, shutdown.interrupt_main_thread).start()
+            time.sleep(5)  # a blocking call: the real signal breaks it
+    finally:
+        signal.signal(shutdown.INTERRUPT_SIGNAL, signal.SIG_DFL)
+
+
+def test_the_interrupt_is_not_an_exception_a_job_would_swallow() -> None:
+    assert not issubclass(shutdown.ShutdownInterrupt, Exception)
+    assert issubclass(shutdown.ShutdownInterrupt, KeyboardInterrupt)  # psycopg cancels on it
+    assert shutdown.is_interrupt(shutdown.ShutdownInterrupt)
+    assert not shutdown.is_interrupt(KeyboardInterrupt) and not shutdown.is_interrupt(None)
+
+
+def test_deadline_runs_its_steps_in_order_unless_cancelled() -> None:
+    seen: list[str] = []
+    deadline = shutdown.Deadline(
+        [(0.05, lambda: seen.append("interrupt")), (0.05, lambda: seen.append("kill"))]
+    )
+    deadline.start()
+    time.sleep(0.4)
+    assert seen == ["interrupt", "kill"]
+    seen.clear()
+    cancelled = shutdown.Deadline([(0.2, lambda: seen.append("interrupt"))])
+    cancelled.start()
+    cancelled.cancel()
+    time.sleep(0.4)
+    assert seen == []
