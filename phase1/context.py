@@ -10,6 +10,8 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -70,10 +72,21 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
     return Redis.from_url(url, **options)
 
 
+# The HTTP shim answers 503 within 3 s when Redis hangs: short waits and a single retry
+# (redis-py's default is three, with backoff), enough to replace a connection gone stale.
+HTTP_REDIS_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 1.0,
+    "retry": Retry(NoBackoff(), 1),
+}
+
+
 def build(settings: Settings, *, pool_size: int = 4, http: bool = False) -> Phase1:
     """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use)."""
     database_url = _required(settings.database_url, "DATABASE_URL")
-    redis = redis_client(_required(settings.redis_url, "REDIS_URL"))
+    redis = redis_client(
+        _required(settings.redis_url, "REDIS_URL"), **(HTTP_REDIS_OPTIONS if http else {})
+    )
     statement_ms = 2500 if http else settings.db_statement_timeout_ms
     lock_ms = 2000 if http else settings.db_lock_timeout_ms
     pool = db.open_pool(

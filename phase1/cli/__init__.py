@@ -6,6 +6,7 @@ import typer
 
 from phase1 import __version__
 from phase1.cli import demo, jobs, plans
+from phase1.cli import serve as serving
 from phase1.cli.common import Phase1Group, State, setup_logging
 
 app = typer.Typer(
@@ -48,6 +49,8 @@ app.command("status")(jobs.status)
 app.command("worker")(jobs.worker)
 app.command("demo")(demo.demo)
 app.add_typer(plans.app, name="plans")
+app.command("serve")(serving.serve)
+app.command("up")(serving.up)
 
 
 def main() -> None:
