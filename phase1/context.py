@@ -49,6 +49,12 @@ class Phase1:
         with db.transaction(self.pool, self.database_url) as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[db.Conn]:
+        """A connection for single-statement reads (autocommit: one round trip each)."""
+        with db.read(self.pool, self.database_url) as conn:
+            yield conn
+
     def close(self) -> None:
         self.pool.close()
         self.redis.close()

@@ -84,6 +84,19 @@ def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
         yield conn
 
 
+@contextlib.contextmanager
+def read(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
+    """A pooled connection for single-statement reads, outside a transaction block: one round
+    trip per read instead of three (BEGIN, the statement, COMMIT). For the polling route."""
+    with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
+                conn.autocommit = False
+
+
 def connect(url: str, **kwargs: Any) -> Conn:
     """A single connection in UTC (for the CLI's one-off work and migrations)."""
     try:

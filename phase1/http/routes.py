@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, cast
 
 import bottle
@@ -14,6 +13,7 @@ from phase1.context import Phase1
 from phase1.errors import NotFoundError, Phase1Error, UnavailableError
 from phase1.http.body import read_action
 from phase1.http.errors import error_body, json_response
+from phase1.http.models import Ready, RejectResult, SyncApprovalResult
 from phase1.schemas import ApprovalAccepted, JobStatus
 from phase1.settings import redact_url
 
@@ -53,17 +53,19 @@ def install(app: Phase1App) -> None:
         action = read_action(bottle.request.environ)
         if action == "reject":
             plan = approval.reject(ctx, pid)
-            body = json.dumps({"planId": str(plan.id), "status": plan.status})
-            return json_response(200, body, NO_STORE)
+            rejected = RejectResult(planId=plan.id, status=plan.status)
+            return json_response(200, rejected.model_dump_json(), NO_STORE)
         if sync_mode:
-            return json_response(200, json.dumps(approval.approve_sync(ctx, pid).as_dict()))
+            done = approval.approve_sync(ctx, pid)
+            result = SyncApprovalResult(plan=done.plan, tasks=done.tasks)
+            return json_response(200, result.model_dump_json(), NO_STORE)
         check_redis(ctx)
-        result = approval.approve(ctx, pid)
-        url = status_url(result.job_id)
+        approved = approval.approve(ctx, pid)
+        url = status_url(approved.job_id)
         accepted = ApprovalAccepted(
-            jobId=result.job_id,
-            planId=result.plan_id,
-            status=cast(JobStatus, result.status),
+            jobId=approved.job_id,
+            planId=approved.plan_id,
+            status=cast(JobStatus, approved.status),
             statusUrl=url,
         )
         return json_response(202, accepted.model_dump_json(), {"Location": url, **NO_STORE})
@@ -80,7 +82,7 @@ def install(app: Phase1App) -> None:
     def readyz() -> bottle.HTTPResponse:
         checks = readiness(ctx)
         if all(v == "ok" for v in checks.values()):
-            return json_response(200, json.dumps({"status": "ready", "checks": checks}))
+            return json_response(200, Ready(status="ready", checks=checks).model_dump_json())
         failing = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
         body = error_body("unavailable", f"not ready: {failing}", checks=checks)
         return json_response(503, body, {"Retry-After": "2"})
