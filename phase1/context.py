@@ -87,8 +87,12 @@ HTTP_REDIS_OPTIONS: dict[str, Any] = {
 }
 
 
-def build(settings: Settings, *, pool_size: int = 4, http: bool = False) -> Phase1:
-    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use)."""
+def build(
+    settings: Settings, *, pool_size: int = 4, http: bool = False, **pool_options: Any
+) -> Phase1:
+    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use).
+
+    `pool_options` go to `db.open_pool` (the HTTP app's watchdog passes its `check`)."""
     database_url = _required(settings.database_url, "DATABASE_URL")
     redis = redis_client(
         _required(settings.redis_url, "REDIS_URL"), **(HTTP_REDIS_OPTIONS if http else {})
@@ -100,6 +104,7 @@ def build(settings: Settings, *, pool_size: int = 4, http: bool = False) -> Phas
         statement_timeout_ms=statement_ms,
         lock_timeout_ms=lock_ms,
         max_size=pool_size,
+        **pool_options,
     )
     return Phase1(settings=settings, redis=redis, pool=pool)
 

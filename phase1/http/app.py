@@ -12,6 +12,7 @@ import bottle
 
 from phase1.context import Phase1, build
 from phase1.http import errors, openapi, routes
+from phase1.http.deadline import GuardedPhase1, Watchdog
 from phase1.http.metrics import Metrics
 from phase1.settings import Settings
 
@@ -25,6 +26,7 @@ class Phase1App(bottle.Bottle):  # type: ignore[misc]  # bottle ships no type hi
         super().__init__()
         self.ctx = ctx
         self.owns_ctx = owns_ctx
+        self.watchdog = ctx.watchdog if isinstance(ctx, GuardedPhase1) else None
         self.metrics = Metrics(ctx)
         self.openapi_json = openapi.render(ctx.settings)
 
@@ -37,7 +39,10 @@ class Phase1App(bottle.Bottle):  # type: ignore[misc]  # bottle ships no type hi
             return start_response(status, headers, exc_info)
 
         try:
-            return super().wsgi(environ, record_status)  # type: ignore[no-any-return]
+            if self.watchdog is None:
+                return super().wsgi(environ, record_status)  # type: ignore[no-any-return]
+            with self.watchdog.request():
+                return super().wsgi(environ, record_status)  # type: ignore[no-any-return]
         finally:
             route = environ.get("bottle.route")
             self.metrics.observe(
@@ -81,12 +86,17 @@ def create_app(settings: Settings, *, ctx: Phase1 | None = None, threads: int = 
     """The HTTP app (debug off, JSON errors only); serve it with a WSGI server (waitress).
 
     `settings` must name Redis and PostgreSQL (resolved); the app builds its own connections
-    with the short HTTP timeouts, sized for `threads` concurrent requests, unless `ctx` is
-    given. Close the app to close the connections it built.
+    with the short HTTP timeouts, sized for `threads` concurrent requests and watched by a
+    per-request deadline, unless `ctx` is given. Close the app to close what it built.
     """
     own = ctx is None
     if ctx is None:
-        ctx = build(settings, pool_size=max(2, threads), http=True)
+        watchdog = Watchdog()
+        base = build(settings, pool_size=max(2, threads), http=True, check=watchdog.check)
+        ctx = GuardedPhase1(
+            settings=base.settings, redis=base.redis, pool=base.pool, watchdog=watchdog
+        )
+        watchdog.start()
     app = Phase1App(ctx, owns_ctx=own)
     app.config["catchall"] = True  # an escaped exception becomes a JSON 500, never a traceback
     app.default_error_handler = errors.bottle_error

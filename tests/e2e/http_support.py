@@ -241,3 +241,84 @@ class OwnRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+
+class FreezableProxy:
+    """A TCP proxy of the test's own in front of PostgreSQL; `freeze()` makes it stop
+    forwarding, so the server looks hung mid-connection (its kernel would still ACK), without
+    touching the shared server."""
+
+    def __init__(self, upstream: tuple[str, int] | str) -> None:
+        self.upstream = upstream
+        self.frozen = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.upstream, str):  # a unix socket path
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(self.upstream)
+            return sock
+        return socket.create_connection(self.upstream)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                server = self._connect_upstream()
+            except OSError:
+                return
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            while self.frozen.is_set():
+                time.sleep(0.02)
+            try:
+                data = source.recv(65536)
+                if not data:
+                    break
+                while self.frozen.is_set():  # hold what arrived during the freeze, too
+                    time.sleep(0.02)
+                sink.sendall(data)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def close(self) -> None:
+        self.frozen.clear()
+        self.sock.close()
+        for sock in self.open:
+            sock.close()
+
+
+def via_proxy(database_url: str, proxy_port: int) -> str:
+    """`database_url` with its server replaced by the proxy on 127.0.0.1."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(database_url)
+    user = params.get("user") or ""
+    password = f":{params['password']}" if params.get("password") else ""
+    credentials = f"{user}{password}@" if user else ""
+    return f"postgresql://{credentials}127.0.0.1:{proxy_port}/{params.get('dbname', '')}"
+
+
+def pg_address(database_url: str) -> tuple[str, int] | str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(database_url)
+    host, port = str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)

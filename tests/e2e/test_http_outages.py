@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 from http_support import (
     Api,
+    FreezableProxy,
     HungServer,
     OwnRedis,
     executions_of,
     free_port,
     make_plan,
+    pg_address,
     plan_status,
     start_server,
+    via_proxy,
 )
 from support import Processes
 
@@ -116,3 +119,35 @@ def test_postgres_down_is_503(
     finally:
         if hung is not None:
             hung.close()
+
+
+def test_postgres_hanging_mid_connection_is_503(
+    processes: Processes, ctx: Phase1, settings: Settings
+) -> None:
+    """Connections already open when PostgreSQL stops answering: the request's deadline cuts
+    them (no server-side timeout can fire on a hung server)."""
+    proxy = FreezableProxy(pg_address(settings.database_url or ""))
+    try:
+        proxied = settings.model_copy(
+            update={"database_url": via_proxy(settings.database_url or "", proxy.port)}
+        )
+        api = start_server(processes, proxied)
+        first = make_plan(ctx)
+        job_id = api.approve(first).json["jobId"]
+        assert api.job(job_id).status == 200  # pooled connections are open now
+
+        proxy.freeze()
+        hung = make_plan(ctx)
+        assert_unavailable(api, hung)
+        answer = api.job(job_id, timeout=15)
+        answer.assert_error(503, "unavailable")
+        assert answer.elapsed < DEADLINE, answer.elapsed
+
+        proxy.thaw()
+        assert api.job(job_id).status == 200  # new connections replace the cut ones
+        assert plan_status(settings.database_url or "", hung) == "analyzed"
+        assert executions_of(settings.database_url or "", hung) == 0
+        assert api.approve(hung).status == 202
+        assert "Traceback" not in processes.log(0)
+    finally:
+        proxy.close()
