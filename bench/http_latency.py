@@ -136,15 +136,17 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def processes(settings: Settings, port: int, threads: int, workdir: Path) -> Iterator[None]:
-    """`phase1 serve` and one `phase1 worker`, stopped (SIGTERM, then SIGKILL) afterwards."""
+def processes(
+    settings: Settings, port: int, threads: int, workdir: Path, *, workers: int = 1
+) -> Iterator[None]:
+    """`phase1 serve` and `workers` `phase1 worker` processes, stopped (SIGTERM, then
+    SIGKILL) afterwards."""
     env = _env(settings)
     started: list[subprocess.Popen[bytes]] = []
+    commands = [([PHASE1, "serve", "--port", str(port), "--threads", str(threads)], "serve.log")]
+    commands += [([PHASE1, "worker"], f"worker-{i}.log") for i in range(workers)]
     try:
-        for argv, log in (
-            ([PHASE1, "serve", "--port", str(port), "--threads", str(threads)], "serve.log"),
-            ([PHASE1, "worker"], "worker.log"),
-        ):
+        for argv, log in commands:
             with (workdir / log).open("wb") as out:
                 started.append(
                     subprocess.Popen(
@@ -220,6 +222,7 @@ def run(
     redis_url: str | None = None,
     database_url: str | None = None,
     async_commit: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Time `requests` approvals and `requests` polls; returns p50/p90/p99/max/mean in ms."""
     with contextlib.ExitStack() as stack:
@@ -240,7 +243,7 @@ def run(
                 for i in range(requests + warmup)
             ]
         port = _free_port()
-        stack.enter_context(processes(settings, port, threads, workdir))
+        stack.enter_context(processes(settings, port, threads, workdir, workers=workers))
         client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         stack.callback(client.close)
         body = b'{"action": "approve"}'
@@ -281,7 +284,7 @@ def run(
             "polling": summary(polls),
             "targets_p99_ms": TARGETS_MS,
             "server_threads": threads,
-            "worker_processes": 1,
+            "worker_processes": workers,
             "keepalive": True,
             "synchronous_commit": "off" if async_commit else "on",
             "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -298,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="timed requests per route")
     parser.add_argument("--warmup", type=int, default=100, help="untimed requests first")
     parser.add_argument("--threads", type=int, default=8, help="server threads")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (0: the queue only fills)"
+    )
     parser.add_argument("--redis-url", help="Redis to use (default: a redis-server of its own)")
     parser.add_argument(
         "--database-url", help="PostgreSQL server to make the bench database on (default: local)"
@@ -316,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url=args.redis_url,
         database_url=args.database_url,
         async_commit=args.async_commit,
+        workers=args.workers,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -15,10 +14,8 @@ from types import FrameType
 import typer
 
 from phase1 import db
-from phase1.cli.common import state, stderr
+from phase1.cli.common import EXIT_USAGE, fail, state, stderr
 from phase1.settings import Settings, redact_url
-
-log = logging.getLogger(__name__)
 
 # waitress buffers a whole request before the app sees it; bodies above this are refused by
 # waitress itself (plain text). The app answers JSON 413 from 64 KiB up to here.
@@ -61,7 +58,10 @@ def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
         )
     except OSError as exc:
         app.close()
-        raise typer.Exit(_fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")) from None
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except ValueError:  # waitress: the host does not resolve
+        app.close()
+        raise fail(f"invalid --host {host!r}: not an address of this machine", EXIT_USAGE) from None
     _stop_on_sigterm()
     stderr().print(
         f"phase1: serving http://{host}:{server.effective_port} ({threads} threads; "
@@ -79,11 +79,6 @@ def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
             server.close()
         app.close()
         stderr().print("phase1: server stopped", highlight=False)
-
-
-def _fail(message: str) -> int:
-    stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
-    return 1
 
 
 def serve(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from http_support import Api, executions_of, free_port, make_plan, plan_status, start_server
-from support import PHASE1, Processes, wait_until
+from support import PHASE1, Processes, settings_env, wait_until
 
 from phase1.context import Phase1
 from phase1.settings import Settings
@@ -160,3 +162,24 @@ def _healthy(api: Api) -> bool:
         return api.request("GET", "/healthz", timeout=2).status == 200
     except OSError:
         return False
+
+
+def test_serve_reports_a_port_in_use_and_a_bad_host_in_one_line(settings: Settings) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        for args, code, expected in (
+            (["--port", str(port)], 1, f"cannot listen on 127.0.0.1:{port}"),
+            (["--host", "256.1.1.1"], 2, "invalid --host '256.1.1.1'"),
+        ):
+            result = subprocess.run(
+                [PHASE1, "serve", *args],
+                env=settings_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == code, result.stderr
+            assert expected in result.stderr and "Traceback" not in result.stderr
+            assert result.stderr.strip().count("\n") == 0, result.stderr
