@@ -335,7 +335,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(
             "--checks",
             "all",
             "--max-examples",
-            "20",
+            "10",
             "--workers",
             "2",
             "--seed",

@@ -92,9 +92,14 @@ def _children(pid: int) -> list[int]:
 
 def _worker_processes(up_pid: int) -> list[int]:
     """`phase1 worker` processes under `up` (the supervisor, or the worker itself)."""
-    return [
-        pid for pid in _children(up_pid) if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    found = []
+    for pid in _children(up_pid):
+        try:
+            if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return found
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -107,12 +108,16 @@ def test_postgres_down_is_503(
         )
         api = start_server(processes, broken)
         plan_id = make_plan(ctx)  # in the real database, which the server cannot reach
-        assert_unavailable(api, plan_id)
-        message = api.job("some-job", timeout=15).assert_error(503, "unavailable")
-        assert "secret" not in message
+        with ThreadPoolExecutor(3) as pool:  # at once: each waits out the pool's timeout
+            approving = pool.submit(assert_unavailable, api, plan_id)
+            polled = pool.submit(api.job, "some-job", timeout=15)
+            readying = pool.submit(api.request, "GET", "/readyz", timeout=15)
+            approving.result()
+            job, ready = polled.result(), readying.result()
+        assert "secret" not in job.assert_error(503, "unavailable")
+        assert job.elapsed < DEADLINE, job.elapsed
         assert ctx.queue().count == 0  # nothing reached Redis either
         assert executions_of(settings.database_url or "", plan_id) == 0
-        ready = api.request("GET", "/readyz", timeout=15)
         ready.assert_error(503)
         assert ready.json["checks"] == {"redis": "ok", "postgres": ready.json["checks"]["postgres"]}
         assert ready.json["checks"]["postgres"].startswith("unavailable")
