@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 BUDGET = 2.5  # seconds of a request after which its PostgreSQL connections are cut
 TICK = 0.05  # seconds between the watchdog's looks
+# A connection a request used successfully this recently is handed out without the pool's
+# health check (a round trip): polling then costs one round trip, not two.
+FRESH = 2.0
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Watchdog:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="phase1-deadline", daemon=True)
         self.fired = 0
+        self._fresh: weakref.WeakKeyDictionary[db.Conn, float] = weakref.WeakKeyDictionary()
 
     def start(self) -> None:
         self._thread.start()
@@ -67,9 +72,13 @@ class Watchdog:
 
     def check(self, conn: db.Conn) -> None:
         """The pool's `check`: watch the connection from the moment it is handed out (the
-        check's own round trip included), then check it as the pool would."""
+        check's own round trip included), then check it as the pool would, unless a request
+        used it successfully less than FRESH seconds ago."""
         self.hold(conn)
-        ConnectionPool.check_connection(conn)
+        with self._lock:
+            used = self._fresh.pop(conn, None)
+        if used is None or time.monotonic() - used > FRESH:
+            ConnectionPool.check_connection(conn)
 
     def hold(self, conn: db.Conn) -> None:
         with self._lock:
@@ -77,13 +86,20 @@ class Watchdog:
             if current is not None:
                 current.conns.add(conn)
 
-    def release(self, conn: db.Conn) -> None:
+    def release(self, conn: db.Conn, *, ok: bool) -> None:
         """Stop watching `conn`; called before it goes back to the pool, so a connection is
-        never cut while another request holds it."""
+        never cut while another request holds it. `ok`: the request's work on it succeeded;
+        a broken connection makes every connection's next use checked."""
         with self._lock:
             current = self._requests.get(threading.get_ident())
             if current is not None:
                 current.conns.discard(conn)
+            if ok and not conn.closed:
+                self._fresh[conn] = time.monotonic()
+            elif conn.closed or conn.broken:
+                # The server went away (a restart?): the pool's other connections are likely
+                # dead too, so each is checked again before its next use.
+                self._fresh.clear()
 
     def _run(self) -> None:
         while not self._stopped.wait(TICK):
@@ -117,19 +133,23 @@ class GuardedPhase1(Phase1):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[db.Conn]:
         with db.translate_errors(self.database_url), self.pool.connection() as conn:
+            ok = False
             try:
                 with conn.transaction():
                     yield conn
+                ok = True
             finally:
-                self.watchdog.release(conn)
+                self.watchdog.release(conn, ok=ok)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[db.Conn]:
         with db.read(self.pool, self.database_url) as conn:
+            ok = False
             try:
                 yield conn
+                ok = True
             finally:
-                self.watchdog.release(conn)
+                self.watchdog.release(conn, ok=ok)
 
     def close(self) -> None:
         self.watchdog.stop()

@@ -20,12 +20,14 @@ from http_support import (
     make_plan,
     pg_address,
     plan_status,
+    scalar,
     start_server,
     via_proxy,
 )
 from support import Processes
 
 from phase1.context import Phase1
+from phase1.http.deadline import FRESH
 from phase1.settings import Settings
 
 DEADLINE = 3.0  # seconds, DESIGN §4 / the issue
@@ -156,3 +158,35 @@ def test_postgres_hanging_mid_connection_is_503(
         assert "Traceback" not in processes.log(0)
     finally:
         proxy.close()
+
+
+def test_connections_killed_by_postgres_are_replaced(
+    processes: Processes, ctx: Phase1, settings: Settings
+) -> None:
+    """A connection idle for more than FRESH seconds is checked before use (no error at all);
+    one used within FRESH seconds is not, so a kill just after costs one 503, after which
+    every pooled connection is checked again."""
+    api = start_server(processes, settings)
+    job_id = api.approve(make_plan(ctx)).json["jobId"]
+    assert api.job(job_id).status == 200
+
+    def kill_server_connections() -> int:
+        query = (
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name = 'phase1'"
+        )
+        return int(scalar(settings.database_url or "", query))
+
+    assert kill_server_connections() >= 1
+    time.sleep(FRESH + 0.5)
+    assert api.job(job_id).status == 200  # the pool's check found the dead one
+
+    assert api.job(job_id).status == 200
+    assert kill_server_connections() >= 1
+    answers = [api.job(job_id) for _ in range(3)]
+    assert answers[-1].status == 200
+    for answer in answers:
+        if answer.status != 200:
+            answer.assert_error(503, "unavailable")
+    assert [a.status for a in answers].count(503) <= 1
