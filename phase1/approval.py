@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from redis.exceptions import RedisError
+
 from phase1 import events, executions, plans
 from phase1 import queue as jobs
 from phase1.context import Phase1
 from phase1.errors import ConflictError, InvalidInputError, PermanentJobError, UnavailableError
 from phase1.schemas import Plan, Task
+from phase1.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,19 @@ class SyncApproval:
         }
 
 
+def _check_redis(ctx: Phase1) -> None:
+    """A cheap PING before an approval writes anything: with Redis already down, the approval
+    fails and leaves PostgreSQL untouched, instead of recording one that only the reconciler
+    (or a retry) would enqueue later. (Redis failing after the commit is the outbox's case.)"""
+    try:
+        ctx.redis.ping()
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL); "
+            "nothing was written"
+        ) from exc
+
+
 def approve(ctx: Phase1, plan_id: UUID) -> Approval:
     """Approve the plan and enqueue its Phase 1 job; idempotent (one job per plan).
 
@@ -48,6 +64,7 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
     after the commit (a transactional outbox: if Redis fails now, the reconciler enqueues it).
     """
     settings = ctx.settings
+    _check_redis(ctx)
     with ctx.transaction() as conn:
         # The row lock serialises concurrent approvals of one plan.
         plan = plans.get_plan(conn, plan_id, lock=True)

@@ -10,8 +10,10 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -49,6 +51,12 @@ class Phase1:
         with db.transaction(self.pool, self.database_url) as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[db.Conn]:
+        """A connection for single-statement reads (autocommit: one round trip each)."""
+        with db.read(self.pool, self.database_url) as conn:
+            yield conn
+
     def close(self) -> None:
         self.pool.close()
         self.redis.close()
@@ -72,10 +80,25 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
     return Redis.from_url(url, **options)
 
 
-def build(settings: Settings, *, pool_size: int = 4, http: bool = False) -> Phase1:
-    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use)."""
+# The HTTP shim answers 503 within 3 s when Redis hangs: short waits and a single retry
+# (redis-py's default is three, with backoff), enough to replace a connection gone stale.
+HTTP_REDIS_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 1.0,
+    "retry": Retry(NoBackoff(), 1),
+}
+
+
+def build(
+    settings: Settings, *, pool_size: int = 4, http: bool = False, **pool_options: Any
+) -> Phase1:
+    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use).
+
+    `pool_options` go to `db.open_pool` (the HTTP app's watchdog passes its `check`)."""
     database_url = _required(settings.database_url, "DATABASE_URL")
-    redis = redis_client(_required(settings.redis_url, "REDIS_URL"))
+    redis = redis_client(
+        _required(settings.redis_url, "REDIS_URL"), **(HTTP_REDIS_OPTIONS if http else {})
+    )
     statement_ms = 2500 if http else settings.db_statement_timeout_ms
     lock_ms = 2000 if http else settings.db_lock_timeout_ms
     pool = db.open_pool(
@@ -83,6 +106,7 @@ def build(settings: Settings, *, pool_size: int = 4, http: bool = False) -> Phas
         statement_timeout_ms=statement_ms,
         lock_timeout_ms=lock_ms,
         max_size=pool_size,
+        **pool_options,
     )
     return Phase1(settings=settings, redis=redis, pool=pool)
 

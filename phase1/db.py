@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,13 @@ def open_pool(
     lock_timeout_ms: int,
     max_size: int = 4,
     wait_timeout: float = 2.0,
+    check: Callable[[Conn], None] = ConnectionPool.check_connection,
 ) -> ConnectionPool[Conn]:
     """A pool whose connections run in UTC with statement and lock timeouts set.
 
-    Open it after any fork: a pool's sockets and thread must not cross into a child.
+    `check` runs on each connection the pool hands out (by default a round trip that finds
+    broken ones). Open it after any fork: a pool's sockets and thread must not cross into a
+    child.
     """
     options = (
         f"-c TimeZone=UTC -c statement_timeout={statement_timeout_ms} "
@@ -54,7 +57,7 @@ def open_pool(
         },
         open=False,
         name="phase1",
-        check=ConnectionPool.check_connection,
+        check=check,
         reconnect_timeout=60,
     )
     pool.open(wait=False)
@@ -87,6 +90,19 @@ def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
     """One transaction on a pooled connection: committed on success, rolled back on error."""
     with translate_errors(url or str(pool.conninfo)), pool.connection() as conn, conn.transaction():
         yield conn
+
+
+@contextlib.contextmanager
+def read(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
+    """A pooled connection for single-statement reads, outside a transaction block: one round
+    trip per read instead of three (BEGIN, the statement, COMMIT). For the polling route."""
+    with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
+                conn.autocommit = False
 
 
 def connect(url: str, **kwargs: Any) -> Conn:

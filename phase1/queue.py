@@ -85,7 +85,7 @@ def view(ctx: Phase1, job_id: str) -> JobView:
     """The job as the polling route shows it, from PostgreSQL (the system of record)."""
     if len(job_id) > 255:
         raise NotFoundError("job not found (id longer than 255 characters)")
-    with ctx.transaction() as conn:
+    with ctx.read() as conn:  # one primary-key read: no transaction block needed
         row = executions.get(conn, job_id)
     if row is None:
         raise NotFoundError(f"job {job_id} not found")

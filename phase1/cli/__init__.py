@@ -6,6 +6,7 @@ import typer
 
 from phase1 import __version__
 from phase1.cli import demo, dlq, embedded, info, jobs, ops, plans
+from phase1.cli import serve as serving
 from phase1.cli.common import Phase1Group, State, setup_logging
 from phase1.cli.events import events_command
 
@@ -54,6 +55,8 @@ app.add_typer(plans.app, name="plans")
 app.command("info")(info.info)
 app.add_typer(embedded.app, name="embedded")
 app.add_typer(dlq.app, name="dlq")
+app.command("serve")(serving.serve)
+app.command("up")(serving.up)
 
 
 def main() -> None:

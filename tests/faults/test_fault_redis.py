@@ -50,10 +50,13 @@ def test_redis_restarted_mid_job(
     ctx = build(make_settings(redis_url=server.url, job_timeout=8))
     plan_a, job_a, worker = run_slow_job(ctx, processes, 2)
     server.kill()  # a crash: no chance to save anything more
-    # An approval meanwhile commits in PostgreSQL and reports Redis unavailable (HTTP 503).
+    # An approval meanwhile is refused before it writes anything (HTTP 503); the caller
+    # retries it once Redis is back.
     plan_c = make_plans(ctx, 1)[0]
-    with pytest.raises(UnavailableError):
+    with pytest.raises(UnavailableError, match="nothing was written"):
         approval.approve(ctx, plan_c)
+    with ctx.transaction() as conn:
+        assert executions.for_plan(conn, plan_c) is None
     # The running job commits in PostgreSQL; its worker meets the dead Redis afterwards.
     wait_until(lambda: status(ctx, job_a) == "completed", timeout=20, what="job a committed")
     time.sleep(1.0)
@@ -61,7 +64,8 @@ def test_redis_restarted_mid_job(
     back = time.monotonic()
     plan_b = make_plans(ctx, 1)[0]
     job_b = approval.approve(ctx, plan_b).job_id
-    wait_final(ctx, [job_a, job_b, job_of(ctx, plan_c)], timeout=45)
+    job_c = approval.approve(ctx, plan_c).job_id  # the refused approval, retried
+    wait_final(ctx, [job_a, job_b, job_c], timeout=45)
     took = time.monotonic() - back
     assert worker.poll() is None, "the worker must survive the restart"
     outcome = check_invariants(ctx, [plan_a, plan_b, plan_c], events_kept=aof)
@@ -69,8 +73,8 @@ def test_redis_restarted_mid_job(
     kind = "with AOF" if aof else "without persistence"
     record(
         f"Redis restarted mid-job ({kind})",
-        "redis-server SIGKILL during a job, an approval while down, restart",
-        "worker reconnected; all 3 completed once (down approval via reconciler)",
+        "redis-server SIGKILL during a job, an approval refused while down, restart",
+        "worker reconnected; all 3 completed once (the approval refused while down, retried)",
         took,
     )
     ctx.close()

