@@ -9,45 +9,38 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from http_support import Api, start_server
 from rq.job import Job, JobStatus
 from support import PHASE1, Processes, run_threads
 
 from faults.faultkit import check_invariants, make_plans, start_worker, wait_final
 from phase1 import approval, events
-from phase1.context import Phase1, build
-from phase1.errors import UnavailableError
+from phase1.context import build
 from phase1.settings import Settings
 
 Record = Callable[[str, str, str, float | None], None]
 
 
-def approve_like_a_client(ctx: Phase1, plan_id: uuid.UUID) -> tuple[Counter[str], str | None]:
-    """One approval, retried after a 503 (UnavailableError) as an HTTP client would."""
+def approve_like_a_client(api: Api, plan_id: uuid.UUID) -> tuple[Counter[str], str | None]:
+    """One approval over HTTP, retried after a 503 as the web app would."""
     seen: Counter[str] = Counter()
     for _ in range(20):
-        try:
-            job_id = approval.approve(ctx, plan_id).job_id
-        except UnavailableError:
-            seen["503"] += 1
+        answer = api.approve(plan_id)
+        seen[str(answer.status)] += 1
+        if answer.status == 503:
             time.sleep(0.2)
             continue
-        except Exception as exc:
-            seen[type(exc).__name__] += 1
+        if answer.status != 202:
             return seen, None
-        seen["202"] += 1
-        return seen, job_id
+        return seen, str(answer.json["jobId"])
     return seen, None
 
 
 def approve_from_threads(
-    ctx: Phase1, plan_ids: list[uuid.UUID], threads: int
+    api: Api, plan_ids: list[uuid.UUID], threads: int
 ) -> tuple[list[str], Counter[str]]:
-    """Approve every plan from `threads` threads at once, as an HTTP client would: a 503
-    (UnavailableError) is retried after a moment; anything else is an error. Returns the job
-    ids and a count of the answers seen ("202", "503", or the error's type)."""
-    # TODO(lead): drive this through the HTTP app (`phase1.http`, issue 4) once merged:
-    # PATCH /api/marketplace/analysis/<planId> {"action":"approve"} from the same threads,
-    # counting status codes; only 202 and the designed 503s are allowed.
+    """PATCH-approve every plan through the real HTTP app from `threads` threads at once; a
+    503 is retried after a moment. Returns the job ids and a count of the status codes."""
     answers: Counter[str] = Counter()
     job_ids: list[str] = []
     lock = threading.Lock()
@@ -59,7 +52,7 @@ def approve_from_threads(
                 if not todo:
                     return
                 plan_id = todo.pop()
-            answer, job_id = approve_like_a_client(ctx, plan_id)
+            answer, job_id = approve_like_a_client(api, plan_id)
             with lock:
                 answers.update(answer)
                 if job_id is not None:
@@ -81,8 +74,9 @@ def test_1000_approvals_from_50_threads_with_2_workers(
     plan_ids = make_plans(ctx, 1000)
     # Reconciling every second would rescan the whole backlog every second.
     start_worker(processes, ctx.settings, "--processes", "2", reconcile_interval=30)
+    api = start_server(processes, ctx.settings)
     started = time.monotonic()
-    job_ids, answers = approve_from_threads(ctx, plan_ids, threads=50)
+    job_ids, answers = approve_from_threads(api, plan_ids, threads=50)
     approved = time.monotonic() - started
     assert set(answers) <= {"202", "503"}, answers
     assert len(job_ids) == len(set(job_ids)) == 1000
@@ -92,7 +86,7 @@ def test_1000_approvals_from_50_threads_with_2_workers(
     assert outcome.completed == 1000
     record(
         "1,000 approvals, 50 threads, 2 workers",
-        f"load (approval service; {answers.get('503', 0)} 503s retried)",
+        f"load over HTTP ({answers.get('503', 0)} 503s retried)",
         f"1000 completed once; approvals took {approved:.1f} s",
         took,
     )
@@ -104,7 +98,8 @@ def test_200_concurrent_approvals_of_one_plan(
 ) -> None:
     ctx = build(make_settings(), pool_size=10)
     plan_id = make_plans(ctx, 1)[0]
-    job_ids, answers = approve_from_threads(ctx, [plan_id] * 200, threads=200)
+    api = start_server(processes, ctx.settings)
+    job_ids, answers = approve_from_threads(api, [plan_id] * 200, threads=200)
     assert set(answers) <= {"202", "503"}, answers
     assert len(job_ids) == 200 and len(set(job_ids)) == 1
     assert ctx.queue().count == 1
