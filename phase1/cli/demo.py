@@ -38,12 +38,17 @@ def demo(
     note(f"created plan {plan.id} with {len(SAMPLE_ANALYSIS['phase1'])} Phase 1 tasks")
     started = time.monotonic()
     result = approval.approve(phase1, plan.id)
-    note(f"approved: job {result.job_id} is {result.status}; starting a worker")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_path = settings.home / "demo-worker.log"
+    note(f"approved: job {result.job_id} is {result.status}; starting a worker (log: {log_path})")
     env_urls = {"REDIS_URL": settings.redis_url or "", "DATABASE_URL": settings.database_url}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "phase1", "worker"],
-        env={**os.environ, **env_urls},
-    )
+    with log_path.open("ab") as log:  # the worker's own log lines would bury the demo's
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "phase1", "worker"],
+            env={**os.environ, **env_urls},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         view = jobs.view(phase1, result.job_id)
         while view.status not in FINAL_STATUSES and time.monotonic() - started < timeout:
