@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,20 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[Row]
+
+# A connection that finished a transaction this recently is handed out without the pool's
+# check (one round trip per checkout, a third of a short job's PostgreSQL time): it was
+# alive a moment ago, and if the server died since, the statement fails like any other
+# error of the transaction (the pool drops the broken connection, the job is retried).
+RECENTLY_USED_S = 1.0
+_last_used: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+
+
+def check_unless_recent(conn: Conn) -> None:
+    """The pool's `check`: a round trip only for a connection idle for a while."""
+    if time.monotonic() - _last_used.get(conn, float("-inf")) < RECENTLY_USED_S:
+        return
+    ConnectionPool.check_connection(conn)
 
 
 def open_pool(
@@ -54,7 +70,7 @@ def open_pool(
         },
         open=False,
         name="phase1",
-        check=ConnectionPool.check_connection,
+        check=check_unless_recent,
         reconnect_timeout=60,
     )
     pool.open(wait=False)
@@ -85,8 +101,10 @@ def translate_errors(url: str) -> Iterator[None]:
 @contextlib.contextmanager
 def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
     """One transaction on a pooled connection: committed on success, rolled back on error."""
-    with translate_errors(url or str(pool.conninfo)), pool.connection() as conn, conn.transaction():
-        yield conn
+    with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
+        with conn.transaction():
+            yield conn
+        _last_used[conn] = time.monotonic()
 
 
 def connect(url: str, **kwargs: Any) -> Conn:
