@@ -12,6 +12,7 @@ from bench.report import Row, goal
 from bench.stats import alternate, median, percentile
 from phase1 import approval, events, keys
 from phase1.context import Phase1
+from phase1.schemas import Event
 
 IDLE_KINDS = ("phase1", "rq_worker", "rq_simple")
 # The forking rq worker runs ~2 Phase 1 jobs/s (it imports phase1 in every work horse): below
@@ -34,12 +35,15 @@ class Completions:
         self._thread.start()
 
     def _follow(self) -> None:
+        # A blocking XREAD (up to 200 ms, so close() is heard): a reader that polled with
+        # XRANGE in a loop would spin a core that the workers being measured need.
+        stream = keys.event_stream(self.ctx.settings.queue)
         since = self._since
         while not self._stop.is_set():
-            for sid, event in events.read(
-                self.ctx.redis, self.ctx.settings.queue, since=since, block_ms=200
-            ):
-                since = sid
+            answer: Any = self.ctx.redis.xread({stream: since}, count=500, block=200)
+            for sid, fields in answer[0][1] if answer else []:
+                since = sid.decode() if isinstance(sid, bytes) else str(sid)
+                event = Event.model_validate_json(fields.get(b"e") or fields.get("e") or b"")
                 if event.type == events.COMPLETED:
                     with self._cond:
                         self.done[event.jobId] = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,20 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 Conn = psycopg.Connection[Row]
 
+# A connection that finished a transaction this recently is handed out without the pool's
+# check (one round trip per checkout, a third of a short job's PostgreSQL time): it was
+# alive a moment ago, and if the server died since, the statement fails like any other
+# error of the transaction (the pool drops the broken connection, the job is retried).
+RECENTLY_USED_S = 1.0
+_last_used: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+
+
+def check_unless_recent(conn: Conn) -> None:
+    """The pool's `check`: a round trip only for a connection idle for a while."""
+    if time.monotonic() - _last_used.get(conn, float("-inf")) < RECENTLY_USED_S:
+        return
+    ConnectionPool.check_connection(conn)
+
 
 def open_pool(
     url: str,
@@ -31,19 +47,20 @@ def open_pool(
     lock_timeout_ms: int,
     max_size: int = 4,
     wait_timeout: float = 2.0,
-    check: Callable[[Conn], None] = ConnectionPool.check_connection,
+    check: Callable[[Conn], None] | None = None,
 ) -> ConnectionPool[Conn]:
     """A pool whose connections run in UTC with statement and lock timeouts set.
 
-    `check` runs on each connection the pool hands out (by default a round trip that finds
-    broken ones). Open it after any fork: a pool's sockets and thread must not cross into a
-    child.
+    `check` runs on each connection the pool hands out (by default `check_unless_recent`: a
+    round trip that finds broken ones, skipped for a connection used a moment ago). Open it
+    after any fork: a pool's sockets and thread must not cross into a child.
     """
     options = (
         f"-c TimeZone=UTC -c statement_timeout={statement_timeout_ms} "
         f"-c lock_timeout={lock_timeout_ms} "
         "-c idle_in_transaction_session_timeout=60000"
     )
+    check = check or check_unless_recent
     pool: ConnectionPool[Conn] = ConnectionPool(
         url,
         min_size=1,
@@ -88,8 +105,10 @@ def translate_errors(url: str) -> Iterator[None]:
 @contextlib.contextmanager
 def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
     """One transaction on a pooled connection: committed on success, rolled back on error."""
-    with translate_errors(url or str(pool.conninfo)), pool.connection() as conn, conn.transaction():
-        yield conn
+    with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
+        with conn.transaction():
+            yield conn
+        _last_used[conn] = time.monotonic()
 
 
 @contextlib.contextmanager

@@ -96,6 +96,19 @@ def emit(redis: Redis | Pipeline, settings: Settings, event: Event) -> Event:
     return event
 
 
+def emit_many(redis: Redis, settings: Settings, batch: list[Event]) -> None:
+    """Emit several events in one round trip (one MULTI/EXEC), then notify subscribers."""
+    try:
+        with redis.pipeline(transaction=True) as pipe:
+            for event in batch:
+                emit(pipe, settings, event)
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("could not write %d events to Redis: %s", len(batch), exc)
+    for event in batch:
+        notify(event)
+
+
 def _append(target: Redis | Pipeline, settings: Settings, event: Event) -> None:
     target.xadd(
         keys.event_stream(settings.queue),

@@ -51,6 +51,14 @@ WITH nxt AS (
 )
 SELECT exe.plan_id, exe.attempt FROM exe
 """
+# The same, committed without waiting for the WAL flush (fsync): a start marker need not be
+# durable. If the server crashes before the flush, the row is lost and the next run reuses the
+# number (no gap); the completion commits durably, and flushes this WAL before its own.
+SQL_START_ATTEMPT_ASYNC = SQL_START_ATTEMPT.replace(
+    "AS n\n  FROM marketplace_job_attempts",
+    "AS n, set_config('synchronous_commit', 'off', true) AS sync\n  FROM marketplace_job_attempts",
+)
+assert SQL_START_ATTEMPT_ASYNC != SQL_START_ATTEMPT
 SQL_PROGRESS = """
 UPDATE marketplace_job_executions SET progress = %(progress)s, updated_at = NOW()
 WHERE job_id = %(job_id)s AND status = 'active'
@@ -152,12 +160,19 @@ def for_plan(conn: Conn, plan_id: UUID) -> Row | None:
 
 
 def start_attempt(
-    conn: Conn, job_id: str, worker: str | None, retries_left: int | None = None
+    conn: Conn,
+    job_id: str,
+    worker: str | None,
+    retries_left: int | None = None,
+    *,
+    durable: bool = True,
 ) -> int | None:
     """Mark the job active and open its next attempt; None when it is already completed
-    (or unknown). With `retries_left` (RQ's count), `max_attempts` follows the real budget."""
+    (or unknown). With `retries_left` (RQ's count), `max_attempts` follows the real budget.
+    `durable=False`: the transaction commits without waiting for the WAL flush."""
     row = conn.execute(
-        SQL_START_ATTEMPT, {"job_id": job_id, "worker": worker, "retries_left": retries_left}
+        SQL_START_ATTEMPT if durable else SQL_START_ATTEMPT_ASYNC,
+        {"job_id": job_id, "worker": worker, "retries_left": retries_left},
     ).fetchone()
     return None if row is None else int(row["attempt"])
 

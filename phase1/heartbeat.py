@@ -68,6 +68,10 @@ def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[
         _beat_quietly(redis, queue, job_id)
 
 
+_FORGET_EVERY_S = 30.0
+_forgotten_at: dict[str, float] = {}
+
+
 def _forget_ancient(redis: Redis, queue: str, settings: Settings) -> None:
     """Drop beats far older than any live job's: each job leaves its last beat behind, and
     with no phase1 worker sweeping (plain `rq worker` only) nothing else would remove them.
@@ -77,6 +81,14 @@ def _forget_ancient(redis: Redis, queue: str, settings: Settings) -> None:
         redis.zremrangebyscore(keys.heartbeats(queue), "-inf", cutoff)
     except RedisError as exc:
         log.warning("could not prune old heartbeats: %s", exc)
+
+
+def _forget_ancient_now_and_then(redis: Redis, queue: str, settings: Settings) -> None:
+    """_forget_ancient at most every _FORGET_EVERY_S per queue and process, not per job."""
+    now = time.monotonic()
+    if now - _forgotten_at.get(queue, float("-inf")) >= _FORGET_EVERY_S:
+        _forgotten_at[queue] = now
+        _forget_ancient(redis, queue, settings)
 
 
 def heartbeating(func: F) -> F:
@@ -89,7 +101,7 @@ def heartbeating(func: F) -> F:
             return func(*args, **kwargs)
         ctx = context.for_worker_process()
         queue = job.origin or ctx.settings.queue
-        _forget_ancient(ctx.redis, queue, ctx.settings)
+        _forget_ancient_now_and_then(ctx.redis, queue, ctx.settings)
         with beating(ctx.redis, queue, job.id, beat_interval(ctx.settings)):
             return func(*args, **kwargs)
 

@@ -51,7 +51,9 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     plan_id = str(payload.planId)
 
     with ctx.transaction() as conn:
-        attempt = executions.start_attempt(conn, job.id, job.worker_name, job.retries_left or 0)
+        attempt = executions.start_attempt(
+            conn, job.id, job.worker_name, job.retries_left or 0, durable=False
+        )
         if attempt is None:
             row = executions.get(conn, job.id)
     if attempt is None:
@@ -69,17 +71,21 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
             executions.end_attempt(conn, job.id, attempt, "completed")
             return dict(row["result"] or {})
         created, tasks = plans.create_phase1_tasks(conn, payload.planId)
-        events.progress(job, ctx.settings, plan_id, attempt, 90, step="tasks-created")
         result = {
             "planId": plan_id,
             "tasksCreated": len(created),
             "taskIds": [str(t.id) for t in tasks],
         }
         executions.complete(conn, job.id, attempt, result)
-    events.emit(
+    # Progress and completion in one round trip, once the work is committed.
+    progress = {"progress": 90, "step": "tasks-created"}
+    events.emit_many(
         job.connection,
         ctx.settings,
-        events.make(events.COMPLETED, job.id, plan_id, attempt, {"result": result}),
+        [
+            events.make(events.PROGRESS, job.id, plan_id, attempt, progress),
+            events.make(events.COMPLETED, job.id, plan_id, attempt, {"result": result}),
+        ],
     )
     return result
 

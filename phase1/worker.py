@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import SimpleWorker, Worker
+from rq import Worker
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -28,6 +28,7 @@ from phase1 import keys, reconcile, shutdown, sweep
 from phase1.checks import run_startup_checks
 from phase1.context import Phase1, install_worker_context, redis_client
 from phase1.errors import UnavailableError
+from phase1.fastworker import FastWorker
 from phase1.maintenance import Maintenance
 from phase1.settings import redact_url
 from phase1.supervisor import supervise
@@ -230,7 +231,7 @@ class _Phase1Base(BaseWorker):
         super()._finalize_failure(job, queue, execution, exc_info)
 
 
-class Phase1Worker(_Phase1Base, SimpleWorker):
+class Phase1Worker(_Phase1Base, FastWorker):
     """Runs jobs in its own process (no fork per job): pooled PostgreSQL connections stay
     open across jobs. RQ's SIGALRM timeout still bounds each attempt.
 

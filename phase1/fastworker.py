@@ -1,0 +1,250 @@
+"""An in-process RQ worker that writes RQ's own data model in fewer Redis round trips.
+
+`FastWorker` is RQ's `SimpleWorker` (no fork per job) with the bookkeeping of the success
+path folded together; every key, field, registry entry and status it writes is the one RQ's
+own worker writes, so `rq info`, rq-dashboard and a plain `rq worker` beside it stay correct.
+What changes is only *when* and *in how many round trips* they go out:
+
+- the execution record (prepare_execution) and the job's `started` state
+  (prepare_job_execution) go out in one pipeline instead of two;
+- the worker's own heartbeat (its hash's `last_heartbeat` and expiries) and the `rq suspend`
+  check run at most every HOUSEKEEPING_S seconds, not two or three times a job: a worker key
+  lives `worker_ttl + 60` seconds (8 minutes by default), so a beat a second is plenty; an
+  `rq suspend` takes effect within that second;
+- the worker's `state` is written only when it changes (RQ writes `idle` twice a job), and the
+  `idle` after a job rides in the job's own success (or failure) pipeline;
+- the job's `last_heartbeat` at the end of a successful run rides in the success pipeline
+  instead of a round trip of its own;
+- taking a job off a queue and reading its hash is one Lua call (the LPOP, or for a single
+  queue RQ's LMOVE to its intermediate queue, then HGETALL) when a job is waiting; an empty
+  queue falls back to RQ's own blocking dequeue;
+- per-job log lines go out at DEBUG (one INFO line at start and stop stays).
+
+Failures take RQ's own path unchanged (`handle_job_failure`, callbacks, retries).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+from rq import SimpleWorker
+from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.utils import as_text, get_version, now, utcformat
+from rq.worker import WorkerStatus
+
+HOUSEKEEPING_S = 1.0
+
+# RQ's per-job INFO messages (format strings), logged at DEBUG here.
+_PER_JOB_MESSAGES = frozenset(
+    {
+        "Worker %s: %s: %s",
+        "Worker %s: %s: %s (%s)",
+        "Successfully completed job %s in %ss on worker %s",
+        "Successfully completed %s job in %ss on worker %s",
+        "Worker %s: job %s result discarded immediately",
+        "Worker %s: job %s result is kept for %s seconds",
+    }
+)
+
+
+# Pop the first waiting job of the queues (in order) and read its hash, in one call.
+POP_AND_FETCH = """
+local prefix, intermediate = ARGV[1], ARGV[2]
+for _, key in ipairs(KEYS) do
+  local id
+  if intermediate ~= '' then
+    id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
+  else
+    id = redis.call('LPOP', key)
+  end
+  if id then
+    return {key, id, redis.call('HGETALL', prefix .. id)}
+  end
+end
+return false
+"""
+
+
+class FastQueue(Queue):
+    """RQ's Queue whose dequeue takes a waiting job and its hash in one round trip."""
+
+    @classmethod
+    def dequeue_any(
+        cls,
+        queues: Any,
+        timeout: int | None,
+        connection: Redis,
+        job_class: type[Job] | None = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Job, Queue] | None:
+        queues = list(queues)
+        queue_keys = [q.key for q in queues]
+        # RQ moves to the intermediate queue exactly when it would (one queue, Redis >= 6.2).
+        single = len(queue_keys) == 1 and get_version(connection) >= (6, 2, 0)
+        intermediate = IntermediateQueue(queue_keys[0], connection).key if single else ""
+        job_cls: type[Job] = job_class or Job
+        script = connection.register_script(POP_AND_FETCH)
+        while True:
+            answer: Any = script(
+                keys=queue_keys, args=[job_cls.redis_job_namespace_prefix, intermediate]
+            )
+            if not answer:  # nothing waiting: RQ's own (blocking) dequeue
+                return super().dequeue_any(
+                    queues, timeout, connection, job_class, serializer, death_penalty_class
+                )
+            queue_key, job_id, flat = as_text(answer[0]), as_text(answer[1]), answer[2]
+            if not flat:  # the job's hash is gone: RQ skips such ids too
+                continue
+            queue = cls.from_queue_key(
+                queue_key,
+                connection=connection,
+                job_class=job_cls,
+                serializer=serializer,
+                death_penalty_class=death_penalty_class,
+            )
+            job = job_cls(job_id, connection=connection, serializer=serializer)
+            try:
+                job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
+            except Exception as exc:  # as RQ's _fetch_dequeued_job reports it
+                exc.job_id = job_id  # type: ignore[attr-defined]
+                exc.queue = queue  # type: ignore[attr-defined]
+                raise
+            return job, queue
+
+
+class _JobLinesAtDebug:
+    """RQ's worker logger, with the per-job INFO lines demoted to DEBUG."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg in _PER_JOB_MESSAGES:
+            self._log.debug(msg, *args, **kwargs)
+        else:
+            self._log.info(msg, *args, **kwargs)
+
+
+class FastWorker(SimpleWorker):
+    """RQ's SimpleWorker with its per-job Redis bookkeeping in fewer round trips."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.queue_class is Queue:  # a queue class of the caller's own is kept
+            self.queue_class = FastQueue
+        self.log = _JobLinesAtDebug(self.log)  # type: ignore[assignment]
+        self._state_written: str | None = None
+        self._housekept_at = float("-inf")
+        self._suspension_checked_at = float("-inf")
+        self._prepare_pipeline: Pipeline | None = None
+        self._ended_heartbeat: tuple[str, str] | None = None  # (job id, timestamp)
+
+    # -- the worker's own heartbeat, state and suspension check ---------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        if pipeline is not None or timeout is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            self._housekept_at = time.monotonic()
+            return
+        if time.monotonic() - self._housekept_at < HOUSEKEEPING_S:
+            return
+        with self.connection.pipeline() as pipe:
+            super().heartbeat(pipeline=pipe)
+            pipe.execute()
+        self._housekept_at = time.monotonic()
+
+    def check_for_suspension(self, burst: bool) -> None:
+        if time.monotonic() - self._suspension_checked_at < HOUSEKEEPING_S:
+            return
+        super().check_for_suspension(burst)
+        self._suspension_checked_at = time.monotonic()
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        if pipeline is None and state == self._state_written:
+            self._state = state
+            return
+        super().set_state(state, pipeline=pipeline)
+        self._state_written = state
+
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]
+        self._state_written = None  # the birth record wrote the state its own way
+
+    # -- preparing a job: one pipeline instead of two -------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """SimpleWorker's execute_job, with prepare_execution's writes left in a pipeline
+        that prepare_job_execution sends along with its own."""
+        pipeline = self.connection.pipeline()
+        try:
+            execution = Execution.create(
+                job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
+            )
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            self._prepare_pipeline = pipeline
+            self.perform_job(job, queue, execution)
+        finally:
+            self._prepare_pipeline = None
+            self._ended_heartbeat = None
+            pipeline.reset()
+        self.set_state(WorkerStatus.IDLE)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        pipeline = self._prepare_pipeline
+        if pipeline is None:  # not called from execute_job: RQ's own
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
+        self._prepare_pipeline = None
+        # What RQ's prepare_job_execution writes, in the pipeline that holds the execution.
+        heartbeat_ttl = self.get_heartbeat_ttl(job)
+        super().heartbeat(heartbeat_ttl, pipeline=pipeline)
+        job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+        job.prepare_for_execution(self.name, pipeline=pipeline)
+        pipeline.persist(job.key)
+        if remove_from_intermediate_queue:
+            queue = Queue(job.origin, connection=self.connection)
+            pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+        pipeline.execute()
+        self._housekept_at = time.monotonic()
+        self.procline(  # type: ignore[no-untyped-call]
+            f"Processing {job.func_name} from {job.origin} since {time.time()}"
+        )
+
+    # -- finishing a job: the end-of-run heartbeat and `idle` ride in RQ's pipeline ---------
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        if job.get_status(refresh=False) == JobStatus.FAILED:  # the failure path: RQ's own
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()
+        job.last_heartbeat = now()
+        self._ended_heartbeat = (job.id, utcformat(job.last_heartbeat))
+
+    def cleanup_execution(
+        self, job: Job, pipeline: Pipeline, execution: Execution | None = None
+    ) -> None:
+        ended = self._ended_heartbeat  # kept: RQ retries its pipeline on WatchError
+        if ended is not None and ended[0] == job.id and self._job_hash_kept(job):
+            pipeline.hset(job.key, "last_heartbeat", ended[1])
+        super().cleanup_execution(job, pipeline, execution)
+        super().set_state(WorkerStatus.IDLE, pipeline=pipeline)
+        self._state_written = WorkerStatus.IDLE
+
+    def _job_hash_kept(self, job: Job) -> bool:
+        """Whether the job's hash outlives this pipeline (result_ttl 0 deletes it: writing
+        to it then would bring back a key without expiry)."""
+        if job.get_status(refresh=False) != JobStatus.FINISHED:
+            return True
+        return job.get_result_ttl(self.default_result_ttl) != 0
