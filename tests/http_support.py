@@ -14,27 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from support import PHASE1, Processes
+from support import JOB_VIEW_KEYS, PHASE1, Processes
 
 from phase1 import plans
 from phase1.context import Phase1
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
-JOB_FIELDS = {
-    "jobId",
-    "planId",
-    "status",
-    "progress",
-    "attempt",
-    "maxAttempts",
-    "result",
-    "error",
-    "enqueuedAt",
-    "startedAt",
-    "completedAt",
-    "nextRetryAt",
-}
+JOB_FIELDS = JOB_VIEW_KEYS  # the polling route's keys: one contract, one list
 
 
 def free_port() -> int:
