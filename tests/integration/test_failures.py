@@ -104,9 +104,19 @@ def set_fault_sleep(database_url: str, plan_id: uuid.UUID, sleep_s: float) -> No
 def assert_one_terminal_state(ctx: Phase1, job_id: str, expected: str) -> None:
     """PostgreSQL, RQ and the DLQ agree, and nothing is left running."""
     assert status(ctx, job_id) == expected
+    # The job's own transaction commits its end state in PostgreSQL a moment before the
+    # worker's RQ bookkeeping (status, started registry) follows: give RQ that moment.
+    rq_status = JobStatus.FINISHED if expected == "completed" else JobStatus.FAILED
+    wait_until(
+        lambda: (
+            rq_job(ctx, job_id).get_status() == rq_status
+            and job_id not in ctx.queue().started_job_registry.get_job_ids(cleanup=False)
+        ),
+        timeout=10,
+        what=f"RQ to agree the job is {rq_status}",
+    )
     job = rq_job(ctx, job_id)
     in_dlq = deadletter.get(ctx.redis, ctx.settings.queue, job_id) is not None
-    assert job_id not in ctx.queue().started_job_registry.get_job_ids(cleanup=False)
     assert all(a["status"] != "active" for a in history(ctx, job_id))
     if expected == "completed":
         assert job.get_status() == JobStatus.FINISHED and not in_dlq
