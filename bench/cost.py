@@ -56,9 +56,29 @@ def _delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
     return +delta
 
 
+def _counted_burst(env: BenchEnv, url: str, kind: str, queue: str, count: int) -> tuple[int, int]:
+    """(round trips, Redis commands) of one burst worker of `kind` draining `queue`."""
+    admin = Redis.from_url(url)
+    try:
+        before = commandstats(admin)
+        out = env.workdir / f"counted-{uuid.uuid4().hex[:6]}.json"
+        commands = [
+            [sys.executable, "-m", "bench.counted", str(out), Path(argv[0]).name, *argv[1:]]
+            for argv in worker_commands(kind, queue, url, 1)
+        ]
+        Workers(commands, env.process_env(queue, redis_url=url), env.workdir / "logs").wait(
+            timeout=60 + count
+        )
+        worker_cmds = _delta(commandstats(admin), before)
+        return json.loads(out.read_text())["round_trips"], sum(worker_cmds.values())
+    finally:
+        admin.close()
+
+
 def lifecycle(env: BenchEnv, url: str, kind: str, real: bool, count: int) -> dict[str, Any]:
     """Per-job commands and round trips of the producer (enqueue or approval) and of one
-    burst worker of `kind` draining `count` jobs."""
+    burst worker of `kind` draining `count` jobs. The worker's own start and stop (measured
+    as a burst on an empty queue, just before) are taken off: they are no job's cost."""
     queue = env.queue_name(f"cost-{kind}")
     admin = Redis.from_url(url)
     producer = counting_client(url)
@@ -66,6 +86,7 @@ def lifecycle(env: BenchEnv, url: str, kind: str, real: bool, count: int) -> dic
     ctx.redis.close()
     ctx.redis = producer
     try:
+        fixed_trips, fixed_cmds = _counted_burst(env, url, kind, queue, 0)
         plan_ids = make_plans(ctx, count) if real else []
         q = Queue(queue, connection=producer, serializer=JSONSerializer)
         before = commandstats(admin)
@@ -77,21 +98,14 @@ def lifecycle(env: BenchEnv, url: str, kind: str, real: bool, count: int) -> dic
                 q.enqueue(NOOP, job_timeout=10, result_ttl=3600)
         producer_trips = CountingConnection.sent
         middle = commandstats(admin)
-        out = env.workdir / f"counted-{uuid.uuid4().hex[:6]}.json"
-        commands = [
-            [sys.executable, "-m", "bench.counted", str(out), Path(argv[0]).name, *argv[1:]]
-            for argv in worker_commands(kind, queue, url, 1)
-        ]
-        Workers(commands, env.process_env(queue, redis_url=url), env.workdir / "logs").wait(
-            timeout=60 + count
-        )
-        after = commandstats(admin)
-        worker_cmds = _delta(after, middle)
+        trips, cmds = _counted_burst(env, url, kind, queue, count)
+        worker_cmds = _delta(commandstats(admin), middle)
         return {
             "producer_commands": sum(_delta(middle, before).values()) / count,
             "producer_round_trips": producer_trips / count,
-            "worker_commands": sum(worker_cmds.values()) / count,
-            "worker_round_trips": json.loads(out.read_text())["round_trips"] / count,
+            "worker_commands": (cmds - fixed_cmds) / count,
+            "worker_round_trips": (trips - fixed_trips) / count,
+            "worker_start_stop": {"round_trips": fixed_trips, "commands": fixed_cmds},
             "worker_top_commands": {
                 name: round(calls / count, 2) for name, calls in worker_cmds.most_common(12)
             },

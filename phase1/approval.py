@@ -95,18 +95,15 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
 
     # Unique (atomic in Redis): a concurrent approval of this plan that saw the committed row
     # before this enqueue may have enqueued the job already; it must not be queued twice.
+    # The `job:enqueued` event goes out in the same call, and only if this call enqueued it.
+    enqueued = events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue})
     try:
-        jobs.enqueue(ctx, job_id, plan_id)
+        jobs.enqueue_announced(ctx, job_id, plan_id, enqueued)
     except UnavailableError as exc:
         raise UnavailableError(
             f"approval of plan {plan_id} is recorded as job {job_id} but Redis is "
             f"unavailable ({exc.__cause__ or exc}); it will be enqueued once Redis is back"
         ) from exc
-    events.emit(
-        ctx.redis,
-        settings,
-        events.make(events.ENQUEUED, job_id, str(plan_id), None, {"queue": settings.queue}),
-    )
     return Approval(job_id=job_id, plan_id=plan_id, status="pending", created=True)
 
 

@@ -13,7 +13,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.job import Job
 
-from phase1 import keys, webhooks
+from phase1 import fastworker, keys, webhooks
 from phase1.schemas import Event
 from phase1.settings import Settings
 
@@ -75,7 +75,7 @@ def emit(redis: Redis | Pipeline, settings: Settings, event: Event) -> Event:
     `notify(event)` once `pipe.execute()` has succeeded, so that subscribers never hear of an
     event that was not written. Losing an event never fails the job: errors are logged.
     """
-    wanted = _webhooks_wanted(settings, event)
+    wanted = wants_webhooks(settings, event)
     if isinstance(redis, Pipeline):
         if wanted:
             client = Redis(connection_pool=redis.connection_pool)
@@ -109,6 +109,26 @@ def emit_many(redis: Redis, settings: Settings, batch: list[Event]) -> None:
         notify(event)
 
 
+def emit_after_success(
+    redis: Redis, settings: Settings, batch: list[Event], *, within: float | None = None
+) -> None:
+    """From inside a job: emit the events with the worker's success bookkeeping (one round
+    trip for both, phase1's worker), or now (any other worker). With `within`, a job still
+    running that many seconds later sends them on their own then. Either way subscribers
+    hear of them once written, and in the order emitted."""
+
+    def write(pipe: Pipeline) -> None:
+        for event in batch:
+            emit(pipe, settings, event)
+
+    def then() -> None:
+        for event in batch:
+            notify(event)
+
+    if not fastworker.after_success(write, then, within=within):
+        emit_many(redis, settings, batch)
+
+
 def _append(target: Redis | Pipeline, settings: Settings, event: Event) -> None:
     target.xadd(
         keys.event_stream(settings.queue),
@@ -118,7 +138,7 @@ def _append(target: Redis | Pipeline, settings: Settings, event: Event) -> None:
     )
 
 
-def _webhooks_wanted(settings: Settings, event: Event) -> bool:
+def wants_webhooks(settings: Settings, event: Event) -> bool:
     """Webhooks go out for the configured types; of `job:failed`, only the final one."""
     if not settings.webhook_urls or event.type not in settings.webhook_events:
         return False

@@ -18,19 +18,28 @@ What changes is only *when* and *in how many round trips* they go out:
 - taking a job off a queue and reading its hash is one Lua call (the LPOP, or for a single
   queue RQ's LMOVE to its intermediate queue, then HGETALL) when a job is waiting; an empty
   queue falls back to RQ's own blocking dequeue;
+- the success bookkeeping is one MULTI/EXEC instead of RQ's WATCH, SMEMBERS and MULTI/EXEC:
+  the transaction reads the job's dependents count (SCARD) atomically with the `finished`
+  status, and only a job that has dependents then takes RQ's own `move_dependents_to_ready`
+  (a dependent enqueued later sees the parent finished, as in RQ);
+- writes a job asks to send once it has succeeded (`after_success`: its last events and its
+  last heartbeat) ride in that same transaction;
 - per-job log lines go out at DEBUG (one INFO line at start and stop stays).
 
-Failures take RQ's own path unchanged (`handle_job_failure`, callbacks, retries).
+Failures, repeats and rate-limited jobs take RQ's own paths unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
@@ -40,6 +49,93 @@ from rq.utils import as_text, get_version, now, utcformat
 from rq.worker import WorkerStatus
 
 HOUSEKEEPING_S = 1.0
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[Pipeline], Any]
+Then = Callable[[], Any] | None
+Staged = tuple[Write, Then]
+
+
+class _Stage:
+    """Redis writes the running job staged to go out with its success bookkeeping.
+
+    An entry staged `within` seconds goes out on its own, from a timer thread, if the job
+    is still running by then (so a long job's `active` event is not held back)."""
+
+    def __init__(self, connection: Redis) -> None:
+        self.connection = connection
+        self.items: list[Staged] = []
+        self.lock = threading.Lock()
+        self.timers: list[threading.Timer] = []
+
+    def add(self, item: Staged, within: float | None) -> None:
+        with self.lock:
+            self.items.append(item)
+        if within is not None:
+            timer = threading.Timer(within, self._send_due, args=(item,))
+            timer.daemon = True
+            self.timers.append(timer)
+            timer.start()
+
+    def take(self) -> list[Staged]:
+        with self.lock:
+            items, self.items = self.items, []
+        return items
+
+    def restage(self, items: list[Staged]) -> None:
+        with self.lock:
+            self.items[:0] = items
+
+    def _send_due(self, item: Staged) -> None:
+        with self.lock:  # the entry and everything staged before it, in order
+            if item not in self.items:
+                return
+            cut = self.items.index(item) + 1
+            due, self.items = self.items[:cut], self.items[cut:]
+        send(self.connection, due)
+
+    def close(self) -> None:
+        """End of the job: stop the timers; what is still staged goes out now."""
+        for timer in self.timers:
+            timer.cancel()
+        send(self.connection, self.take())
+
+
+# The stage of the job this process runs; None when no FastWorker runs a job here (plain
+# `rq worker`, a forking worker's horse, a script).
+_stage: _Stage | None = None
+
+
+def after_success(write: Write, then: Then = None, *, within: float | None = None) -> bool:
+    """From inside a job: stage Redis writes (`write(pipeline)`) to go out in the worker's
+    success transaction, and `then()` to run once they are written. Returns False when no
+    FastWorker runs this job in this process: the caller writes them itself, now.
+
+    With `within`, they go out on their own if the job is still running that many seconds
+    later. If the job fails, the staged writes go out before RQ's failure handling."""
+    stage = _stage
+    if stage is None:
+        return False
+    stage.add((write, then), within)
+    return True
+
+
+def send(connection: Redis, staged: list[Staged]) -> None:
+    """Send staged writes in a round trip of their own, then run their `then`s."""
+    if not staged:
+        return
+    try:
+        with connection.pipeline(transaction=True) as pipe:
+            for write, _ in staged:
+                write(pipe)
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("could not send %d staged writes of a job: %s", len(staged), exc)
+    for _, then in staged:
+        if then is not None:
+            then()
+
 
 # RQ's per-job INFO messages (format strings), logged at DEBUG here.
 _PER_JOB_MESSAGES = frozenset(
@@ -186,7 +282,9 @@ class FastWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """SimpleWorker's execute_job, with prepare_execution's writes left in a pipeline
         that prepare_job_execution sends along with its own."""
+        global _stage
         pipeline = self.connection.pipeline()
+        stage = _stage = _Stage(self.connection)
         try:
             execution = Execution.create(
                 job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
@@ -199,6 +297,8 @@ class FastWorker(SimpleWorker):
             self._prepare_pipeline = None
             self._ended_heartbeat = None
             pipeline.reset()
+            _stage = None
+            stage.close()  # what a path other than plain success left (retry, repeat)
         self.set_state(WorkerStatus.IDLE)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -213,6 +313,7 @@ class FastWorker(SimpleWorker):
         job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
         job.prepare_for_execution(self.name, pipeline=pipeline)
         pipeline.persist(job.key)
+        self.stage_job_start(job, pipeline)
         if remove_from_intermediate_queue:
             queue = Queue(job.origin, connection=self.connection)
             pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
@@ -222,15 +323,72 @@ class FastWorker(SimpleWorker):
             f"Processing {job.func_name} from {job.origin} since {time.time()}"
         )
 
+    def stage_job_start(self, job: Job, pipeline: Pipeline) -> None:
+        """Hook: add writes of a subclass's own to the pipeline that marks the job started."""
+
     # -- finishing a job: the end-of-run heartbeat and `idle` ride in RQ's pipeline ---------
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         if job.get_status(refresh=False) == JobStatus.FAILED:  # the failure path: RQ's own
+            if _stage is not None:  # before the failure is handled, as they happened
+                send(self.connection, _stage.take())
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()
         job.last_heartbeat = now()
         self._ended_heartbeat = (job.id, utcformat(job.last_heartbeat))
+
+    def handle_job_success(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any,
+        execution: Execution,
+    ) -> None:
+        """RQ's success bookkeeping in one MULTI/EXEC (with what the job staged); RQ's own
+        for repeating and rate-limited jobs."""
+        if job.repeats_left or job.has_rate_limit:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        stage = _stage
+        staged = stage.take() if stage is not None else []
+        assert job.started_at is not None and job.ended_at is not None
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.scard(job.dependents_key)
+                self.increment_successful_job_count(pipeline=pipe)
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+                result_ttl = job.get_result_ttl(self.default_result_ttl)
+                if result_ttl != 0:
+                    job._handle_success(
+                        result_ttl,
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=job.ended_at,
+                    )
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                job._status = JobStatus.FINISHED
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                for write, _ in staged:
+                    write(pipe)
+                results = pipe.execute()
+        except BaseException:
+            if stage is not None:  # not sent: the failure path sends them
+                stage.restage(staged)
+            raise
+        for _, then in staged:
+            if then is not None:
+                then()
+        if results[0]:  # dependents: RQ's own (WATCHed) move, now that this one is finished
+            queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(job))
+        self.log.debug(
+            "Successfully completed job %s in %ss on worker %s",
+            job.id,
+            job.ended_at - job.started_at,
+            self.name,
+        )
 
     def cleanup_execution(
         self, job: Job, pipeline: Pipeline, execution: Execution | None = None

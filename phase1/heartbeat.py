@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from phase1 import context, keys
+from phase1 import context, fastworker, keys
 from phase1.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,20 @@ def beat_interval(settings: Settings) -> float:
     return max(0.1, settings.orphan_after / 4)
 
 
-def beat(redis: Redis, queue: str, job_id: str) -> None:
+def beat(redis: Redis | Pipeline, queue: str, job_id: str) -> None:
     """Record that `job_id` is alive now (the score is unix seconds)."""
     redis.zadd(keys.heartbeats(queue), {job_id: time.time()})
+
+
+# The job whose first beat its worker sent with the job's `started` state (Phase1Worker).
+_first_beat_sent: str | None = None
+
+
+def first_beat_in(pipeline: Pipeline, queue: str, job_id: str) -> None:
+    """For the worker: put the job's first beat in the pipeline that marks it started."""
+    global _first_beat_sent
+    beat(pipeline, queue, job_id)
+    _first_beat_sent = job_id
 
 
 def _beat_quietly(redis: Redis, queue: str, job_id: str) -> None:
@@ -57,7 +69,10 @@ def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[
         while not stop.wait(interval):
             _beat_quietly(redis, queue, job_id)
 
-    _beat_quietly(redis, queue, job_id)
+    global _first_beat_sent
+    if _first_beat_sent != job_id:
+        _beat_quietly(redis, queue, job_id)
+    _first_beat_sent = None
     thread = threading.Thread(target=loop, name=f"phase1-heartbeat-{job_id}", daemon=True)
     thread.start()
     try:
@@ -65,7 +80,9 @@ def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[
     finally:
         stop.set()
         thread.join(timeout=1)
-        _beat_quietly(redis, queue, job_id)
+        # The last beat goes with the worker's success bookkeeping when it can.
+        if not fastworker.after_success(lambda pipe: beat(pipe, queue, job_id)):
+            _beat_quietly(redis, queue, job_id)
 
 
 _FORGET_EVERY_S = 30.0

@@ -25,6 +25,7 @@ from phase1.schemas import FailureReason, JobPayload
 log = logging.getLogger(__name__)
 
 Recorded = Literal["recorded", "duplicate", "completed"]
+ACTIVE_LAG = 0.05  # seconds
 
 
 def _payload(raw: Any) -> JobPayload:
@@ -62,7 +63,10 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         log.info("job %s already completed; a repeated run changes nothing", job.id)
         return dict(row["result"] or {})
 
-    events.emit(job.connection, ctx.settings, events.make(events.ACTIVE, job.id, plan_id, attempt))
+    # `job:active` goes out with the outcome when that comes within ACTIVE_LAG (one round
+    # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
+    active = events.make(events.ACTIVE, job.id, plan_id, attempt)
+    events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
     with ctx.transaction() as conn:
         row = executions.get(conn, job.id, lock=True)
         if row is not None and row["status"] == "completed":
@@ -77,9 +81,10 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
             "taskIds": [str(t.id) for t in tasks],
         }
         executions.complete(conn, job.id, attempt, result)
-    # Progress and completion in one round trip, once the work is committed.
+    # Progress and completion once the work is committed; with phase1's worker in the same
+    # round trip as its success bookkeeping.
     progress = {"progress": 90, "step": "tasks-created"}
-    events.emit_many(
+    events.emit_after_success(
         job.connection,
         ctx.settings,
         [

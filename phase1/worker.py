@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
-from phase1 import keys, reconcile, shutdown, sweep
+from phase1 import heartbeat, keys, reconcile, shutdown, sweep
 from phase1.checks import run_startup_checks
 from phase1.context import Phase1, install_worker_context, redis_client
 from phase1.errors import UnavailableError
@@ -34,6 +34,7 @@ from phase1.settings import redact_url
 from phase1.supervisor import supervise
 
 if TYPE_CHECKING:
+    from redis.client import Pipeline
     from rq.executions import Execution
     from rq.queue import Queue
 
@@ -247,6 +248,11 @@ class Phase1Worker(_Phase1Base, FastWorker):
         if timeout < 0:
             return int(super().get_heartbeat_ttl(job, working_time))
         return int(timeout + max(CALLBACK_TIMEOUT, timeout) + HEARTBEAT_MARGIN)
+
+    def stage_job_start(self, job: Job, pipeline: Pipeline) -> None:
+        """A Phase 1 job's first heartbeat goes out with its `started` state."""
+        if job.func_name == keys.JOB_FUNC:
+            heartbeat.first_beat_in(pipeline, job.origin, job.id)
 
     def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
         return [(after, shutdown.interrupt_main_thread), (HARD_EXIT_GRACE, self._give_up)]

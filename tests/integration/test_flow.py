@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+import zlib
 
 import pytest
 from rq.job import Job
@@ -193,3 +194,38 @@ def test_sync_mode_creates_tasks_inline(make_settings: object) -> None:
         assert ctx.queue().count == 0
     finally:
         ctx.close()
+
+
+def test_one_call_enqueue_writes_what_rq_writes(ctx: Phase1) -> None:
+    """The approval's enqueue (one Lua call with its event) leaves the job hash, queue and
+    queue registration RQ's own unique enqueue leaves; a repeat enqueues and announces nothing."""
+    from phase1 import events
+
+    plan_a, plan_b = make_plan(ctx), make_plan(ctx)
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    event = events.make(events.ENQUEUED, ours, str(plan_a), None, {"queue": ctx.settings.queue})
+    before = len(list(events.read(ctx.redis, ctx.settings.queue)))
+    assert jobs.enqueue_announced(ctx, ours, plan_a, event) is True
+    jobs.enqueue(ctx, theirs, plan_b)  # RQ's unique enqueue
+
+    def fields(job_id: str, plan: uuid.UUID) -> dict[str, str]:
+        raw = ctx.redis.hgetall(f"rq:job:{job_id}")
+        data = {
+            k.decode(): (zlib.decompress(v) if k == b"data" else v).decode() for k, v in raw.items()
+        }
+        for volatile in ("created_at", "enqueued_at"):
+            assert data.pop(volatile)
+        return {k: v.replace(str(plan), "PLAN") for k, v in data.items()}
+
+    assert fields(ours, plan_a) == fields(theirs, plan_b)
+    assert ctx.redis.ttl(f"rq:job:{ours}") == ctx.redis.ttl(f"rq:job:{theirs}")
+    queued = [i.decode() for i in ctx.redis.lrange(f"rq:queue:{ctx.settings.queue}", 0, -1)]
+    assert queued == [ours, theirs]
+    assert ctx.redis.sismember("rq:queues", f"rq:queue:{ctx.settings.queue}")
+    stream = list(events.read(ctx.redis, ctx.settings.queue))
+    assert [e.jobId for _, e in stream[before:]] == [ours]
+
+    again = events.make(events.ENQUEUED, ours, str(plan_a), None, {"queue": ctx.settings.queue})
+    assert jobs.enqueue_announced(ctx, ours, plan_a, again) is False
+    assert ctx.redis.llen(f"rq:queue:{ctx.settings.queue}") == 2
+    assert len(list(events.read(ctx.redis, ctx.settings.queue))) == len(stream)

@@ -1,0 +1,154 @@
+"""The worker's success path in one round trip, with what the job staged (issue 7).
+
+Round trips are counted as the benchmark counts them (every write of a request to a Redis
+socket), in this process, on a real Redis, with the real job and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.connection import AbstractConnection
+from rq.job import Job, JobStatus
+from support import inject_fault
+
+from phase1 import approval, events, executions, fastworker, plans
+from phase1.context import Phase1, install_worker_context
+from phase1.schemas import SAMPLE_ANALYSIS
+from phase1.worker import build_worker
+
+
+class RoundTrips:
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
+    counter = RoundTrips()
+    original = AbstractConnection.send_packed_command
+
+    def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        with counter.lock:
+            counter.count += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    yield counter
+
+
+def make_plans(ctx: Phase1, count: int) -> list[uuid.UUID]:
+    with ctx.transaction() as conn:
+        return [plans.create_plan(conn, "Fast plan", SAMPLE_ANALYSIS).id for _ in range(count)]
+
+
+def drain(ctx: Phase1) -> None:
+    """One burst of phase1's worker class in this process (no scheduler), on the job queue."""
+    install_worker_context(ctx)
+    worker = build_worker(ctx, name=f"fast-{uuid.uuid4().hex[:8]}")
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+
+def test_a_phase1_job_costs_few_round_trips(ctx: Phase1, round_trips: RoundTrips) -> None:
+    """Approval 2 (PING, then enqueue + event in one call); worker per job: take it, mark it
+    started, the job's `active` event, success (+ the job's last events and beat): 4 — RQ's
+    own worker needs about 20. The burst's own start and stop are measured with an empty
+    queue and taken off."""
+    approval.approve(ctx, make_plans(ctx, 1)[0])  # warm: scripts loaded, connections open
+    drain(ctx)
+    start = round_trips.count
+    drain(ctx)
+    fixed = round_trips.count - start
+
+    jobs = 20
+    plan_ids = make_plans(ctx, jobs)
+    start = round_trips.count
+    job_ids = [approval.approve(ctx, plan_id).job_id for plan_id in plan_ids]
+    producer = (round_trips.count - start) / jobs
+    start = round_trips.count
+    drain(ctx)
+    worker = (round_trips.count - start - fixed) / jobs
+
+    with ctx.transaction() as conn:
+        assert all(executions.get(conn, j)["status"] == "completed" for j in job_ids)  # type: ignore[index]
+    assert producer == 2, producer
+    # A quick job's `active` event rides with its success: 3 a job, plus a little housekeeping.
+    assert worker <= 3.5, worker
+
+
+def test_events_of_a_quick_job_come_in_order_with_its_success(ctx: Phase1) -> None:
+    (plan_id,) = make_plans(ctx, 1)
+    since = events.last_id(ctx.redis, ctx.settings.queue)
+    job_id = approval.approve(ctx, plan_id).job_id
+    drain(ctx)
+    stream = [e for _, e in events.read(ctx.redis, ctx.settings.queue, since=since)]
+    assert [e.type for e in stream if e.jobId == job_id] == [
+        "job:enqueued",
+        "job:active",
+        "job:progress",
+        "job:completed",
+    ]
+    job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+    assert job.get_status() == JobStatus.FINISHED and job.last_heartbeat is not None
+    # The job's last heartbeat went out with its success.
+    assert ctx.redis.zscore(f"phase1:{ctx.settings.queue}:heartbeats", job_id) is not None
+
+
+def test_a_slow_jobs_active_event_is_not_held_back(ctx: Phase1) -> None:
+    """A job still running ACTIVE_LAG after it started sends `job:active` on its own, while
+    it runs."""
+    (plan_id,) = make_plans(ctx, 1)
+    inject_fault(ctx.settings.database_url, plan_id, fail_times=0, sleep_s=1.0)
+    since = events.last_id(ctx.redis, ctx.settings.queue)
+    job_id = approval.approve(ctx, plan_id).job_id
+    drain(ctx)
+    entries = [
+        (stream_id, e)
+        for stream_id, e in events.read(ctx.redis, ctx.settings.queue, since=since)
+        if e.jobId == job_id
+    ]
+    assert [e.type for _, e in entries] == [
+        "job:enqueued",
+        "job:active",
+        "job:progress",
+        "job:completed",
+    ]
+    written_ms = {e.type: int(stream_id.split("-")[0]) for stream_id, e in entries}
+    assert written_ms["job:completed"] - written_ms["job:active"] >= 800
+
+
+def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
+    """Timer-sent entries take what was staged before them along; a taken entry's timer
+    sends nothing; what is left goes out when the job ends."""
+    key = f"phase1:test:{uuid.uuid4().hex}"
+    heard: list[str] = []
+
+    def push(value: str) -> tuple[Any, Any]:
+        return (lambda pipe: pipe.rpush(key, value)), (lambda: heard.append(value))
+
+    stage = fastworker._Stage(ctx.redis)
+    fastworker._stage = stage
+    try:
+        assert fastworker.after_success(*push("a"))
+        assert fastworker.after_success(*push("b"), within=0.05)
+        assert fastworker.after_success(*push("c"))
+        time.sleep(0.3)
+        assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]
+        assert fastworker.after_success(*push("d"), within=0.05)
+        taken = stage.take()  # as the success transaction takes them
+        time.sleep(0.3)
+        assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]  # d's timer found it gone
+        fastworker.send(ctx.redis, taken)
+        assert fastworker.after_success(*push("e"))
+    finally:
+        fastworker._stage = None
+        stage.close()
+    assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b", b"c", b"d", b"e"]
+    assert heard == ["a", "b", "c", "d", "e"]
+    assert not fastworker.after_success(*push("f"))  # no worker job: the caller writes
+    ctx.redis.delete(key)
