@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg_pool import ConnectionPool
+from redis import ConnectionPool as RedisPool
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -77,7 +79,13 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
         "retry_on_timeout": False,
     }
     options.update(kwargs)
-    return Redis.from_url(url, **options)
+    client = Redis.from_url(url, **options)
+    redis_pools.add(client.connection_pool)
+    return client
+
+
+# Every pool of this process's clients (a forked child closes its copies of their sockets).
+redis_pools: weakref.WeakSet[RedisPool] = weakref.WeakSet()
 
 
 # The HTTP shim answers 503 within 3 s when Redis hangs: short waits and a single retry

@@ -15,15 +15,20 @@ What changes is only *when* and *in how many round trips* they go out:
   `idle` after a job rides in the job's own success (or failure) pipeline;
 - the job's `last_heartbeat` at the end of a successful run rides in the success pipeline
   instead of a round trip of its own;
-- taking a job off a queue and reading its hash is one Lua call (the LPOP, or for a single
-  queue RQ's LMOVE to its intermediate queue, then HGETALL) when a job is waiting; an empty
-  queue falls back to RQ's own blocking dequeue;
+- taking a job off a queue and reading its hash is one Lua call (TAKE: RQ's LMOVE to the
+  queue's intermediate list, for every queue — RQ does so only for a worker of one queue and
+  LPOPs otherwise, so a worker dying right after the pop lost the job — then HGETALL) when a
+  job is waiting; an empty queue falls back to RQ's own blocking dequeue;
 - the success bookkeeping is one MULTI/EXEC instead of RQ's WATCH, SMEMBERS and MULTI/EXEC:
   the transaction reads the job's dependents count (SCARD) atomically with the `finished`
   status, and only a job that has dependents then takes RQ's own `move_dependents_to_ready`
   (a dependent enqueued later sees the parent finished, as in RQ);
 - writes a job asks to send once it has succeeded (`after_success`: its last events and its
   last heartbeat) ride in that same transaction;
+- so does TAKE for the next job: a busy worker spends two round trips a job (started, then
+  success + next). A job taken that way sits in the intermediate list until the worker marks
+  it started; a worker told to stop, or suspended, puts it back at the front of its queue,
+  and one that dies leaves it where RQ's maintenance finds it;
 - per-job log lines go out at DEBUG (one INFO line at start and stop stays).
 
 Failures, repeats and rate-limited jobs take RQ's own paths unchanged.
@@ -31,6 +36,8 @@ Failures, repeats and rate-limited jobs take RQ's own paths unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -45,6 +52,7 @@ from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.suspension import is_suspended
 from rq.utils import as_text, get_version, now, utcformat
 from rq.worker import WorkerStatus
 
@@ -150,22 +158,77 @@ _PER_JOB_MESSAGES = frozenset(
 )
 
 
-# Pop the first waiting job of the queues (in order) and read its hash, in one call.
-POP_AND_FETCH = """
-local prefix, intermediate = ARGV[1], ARGV[2]
-for _, key in ipairs(KEYS) do
-  local id
-  if intermediate ~= '' then
-    id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
-  else
-    id = redis.call('LPOP', key)
-  end
-  if id then
-    return {key, id, redis.call('HGETALL', prefix .. id)}
+# Take the first waiting job of the queues (in order) and read its hash, in one call. The id
+# moves to its queue's intermediate list (RQ's LMOVE, for every queue, not only when there is
+# one): a worker that dies before it marks the job started leaves it where RQ's maintenance
+# finds it, instead of nowhere. Ids whose hash is gone are dropped, as RQ skips them.
+TAKE = """
+-- KEYS: queue keys, in order; ARGV[1]: job key prefix; ARGV[1 + i]: KEYS[i]'s intermediate list
+for i, key in ipairs(KEYS) do
+  local intermediate = ARGV[i + 1]
+  while true do
+    local id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
+    if not id then
+      break
+    end
+    local hash = redis.call('HGETALL', ARGV[1] .. id)
+    if #hash > 0 then
+      return {key, id, hash}
+    end
+    redis.call('LREM', intermediate, 1, id)
   end
 end
 return false
 """
+TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
+
+# Put a job taken but not started back at the front of its queue.
+HAND_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def _take_args(queues: list[Queue], job_class: type[Job]) -> tuple[list[str], list[str]]:
+    keys = [q.key for q in queues]
+    intermediates = [
+        IntermediateQueue(k, q.connection).key for k, q in zip(keys, queues, strict=True)
+    ]
+    return keys, [job_class.redis_job_namespace_prefix, *intermediates]
+
+
+def _taken(
+    answer: Any,
+    connection: Redis,
+    queue_class: type[Queue],
+    job_class: type[Job],
+    serializer: Any,
+    death_penalty_class: Any,
+) -> tuple[Job, Queue]:
+    """The (job, queue) of a TAKE answer; raises as RQ's dequeue does for a job it cannot read."""
+    queue_key, job_id, flat = as_text(answer[0]), as_text(answer[1]), answer[2]
+    queue = queue_class.from_queue_key(
+        queue_key,
+        connection=connection,
+        job_class=job_class,
+        serializer=serializer,
+        death_penalty_class=death_penalty_class,
+    )
+    job = job_class(job_id, connection=connection, serializer=serializer)
+    try:
+        job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
+    except Exception as exc:  # as RQ's _fetch_dequeued_job reports it
+        exc.job_id = job_id  # type: ignore[attr-defined]
+        exc.queue = queue  # type: ignore[attr-defined]
+        raise
+    return job, queue
+
+
+def _can_take(connection: Redis) -> bool:
+    return bool(get_version(connection) >= (6, 2, 0))  # LMOVE
 
 
 class FastQueue(Queue):
@@ -182,38 +245,16 @@ class FastQueue(Queue):
         death_penalty_class: Any = None,
     ) -> tuple[Job, Queue] | None:
         queues = list(queues)
-        queue_keys = [q.key for q in queues]
-        # RQ moves to the intermediate queue exactly when it would (one queue, Redis >= 6.2).
-        single = len(queue_keys) == 1 and get_version(connection) >= (6, 2, 0)
-        intermediate = IntermediateQueue(queue_keys[0], connection).key if single else ""
         job_cls: type[Job] = job_class or Job
-        script = connection.register_script(POP_AND_FETCH)
-        while True:
-            answer: Any = script(
-                keys=queue_keys, args=[job_cls.redis_job_namespace_prefix, intermediate]
+        answer: Any = None
+        if _can_take(connection):
+            keys, args = _take_args(queues, job_cls)
+            answer = connection.register_script(TAKE)(keys=keys, args=args)
+        if not answer:  # nothing waiting: RQ's own (blocking) dequeue
+            return super().dequeue_any(
+                queues, timeout, connection, job_class, serializer, death_penalty_class
             )
-            if not answer:  # nothing waiting: RQ's own (blocking) dequeue
-                return super().dequeue_any(
-                    queues, timeout, connection, job_class, serializer, death_penalty_class
-                )
-            queue_key, job_id, flat = as_text(answer[0]), as_text(answer[1]), answer[2]
-            if not flat:  # the job's hash is gone: RQ skips such ids too
-                continue
-            queue = cls.from_queue_key(
-                queue_key,
-                connection=connection,
-                job_class=job_cls,
-                serializer=serializer,
-                death_penalty_class=death_penalty_class,
-            )
-            job = job_cls(job_id, connection=connection, serializer=serializer)
-            try:
-                job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
-            except Exception as exc:  # as RQ's _fetch_dequeued_job reports it
-                exc.job_id = job_id  # type: ignore[attr-defined]
-                exc.queue = queue  # type: ignore[attr-defined]
-                raise
-            return job, queue
+        return _taken(answer, connection, cls, job_cls, serializer, death_penalty_class)
 
 
 class _JobLinesAtDebug:
@@ -245,6 +286,8 @@ class FastWorker(SimpleWorker):
         self._suspension_checked_at = float("-inf")
         self._prepare_pipeline: Pipeline | None = None
         self._ended_heartbeat: tuple[str, str] | None = None  # (job id, timestamp)
+        self._prefetched: tuple[Job, Queue] | None = None  # taken in the last success
+        self._no_take_once = False
 
     # -- the worker's own heartbeat, state and suspension check ---------------------------
 
@@ -263,6 +306,8 @@ class FastWorker(SimpleWorker):
     def check_for_suspension(self, burst: bool) -> None:
         if time.monotonic() - self._suspension_checked_at < HOUSEKEEPING_S:
             return
+        if self._prefetched is not None and is_suspended(self.connection, self):
+            self.hand_back_taken()
         super().check_for_suspension(burst)
         self._suspension_checked_at = time.monotonic()
 
@@ -314,9 +359,9 @@ class FastWorker(SimpleWorker):
         job.prepare_for_execution(self.name, pipeline=pipeline)
         pipeline.persist(job.key)
         self.stage_job_start(job, pipeline)
-        if remove_from_intermediate_queue:
-            queue = Queue(job.origin, connection=self.connection)
-            pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+        # Always: TAKE moves ids to the intermediate list of every queue (a no-op otherwise).
+        queue = Queue(job.origin, connection=self.connection)
+        pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
         pipeline.execute()
         self._housekept_at = time.monotonic()
         self.procline(  # type: ignore[no-untyped-call]
@@ -373,11 +418,17 @@ class FastWorker(SimpleWorker):
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 for write, _ in staged:
                     write(pipe)
-                results = pipe.execute()
+                take = self._take_next_in(pipe)
+                results = pipe.execute(raise_on_error=False)
+            errors = [r for r in (results[:-1] if take else results) if isinstance(r, Exception)]
+            if errors:
+                raise errors[0]
         except BaseException:
             if stage is not None:  # not sent: the failure path sends them
                 stage.restage(staged)
             raise
+        if take:
+            self._keep_taken(results[-1])
         for _, then in staged:
             if then is not None:
                 then()
@@ -389,6 +440,74 @@ class FastWorker(SimpleWorker):
             job.ended_at - job.started_at,
             self.name,
         )
+
+    # -- taking the next job in the same transaction ------------------------------------------
+
+    def _take_next_in(self, pipe: Pipeline) -> bool:
+        """Add TAKE for the next job to the success transaction, unless this worker is about
+        to stop (or Redis lacks LMOVE)."""
+        if self._no_take_once:
+            self._no_take_once = False
+            return False
+        if self._stop_requested or self._prefetched is not None or not _can_take(self.connection):
+            return False
+        keys, args = _take_args(list(self._ordered_queues), self.job_class)
+        pipe.evalsha(TAKE_SHA, len(keys), *keys, *args)
+        return True
+
+    def _keep_taken(self, answer: Any) -> None:
+        if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart: load it for next time
+            self.log.debug("Worker %s: taking the next job failed: %s", self.name, answer)
+            with contextlib.suppress(RedisError):
+                self.connection.script_load(TAKE)
+            return
+        if not answer:
+            return
+        try:
+            self._prefetched = _taken(
+                answer,
+                self.connection,
+                self.queue_class,
+                self.job_class,
+                self.serializer,
+                self.death_penalty_class,
+            )
+        except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
+            self._hand_back(as_text(answer[0]), as_text(answer[1]))
+            self._no_take_once = True
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        taken, self._prefetched = self._prefetched, None
+        if taken is None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self.heartbeat()  # at most once a second
+        if self.should_run_maintenance_tasks:  # as RQ's dequeue does, also under steady load
+            self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        job, queue = taken
+        self.reorder_queues(reference_queue=queue)
+        job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+        return taken
+
+    def hand_back_taken(self) -> None:
+        """A job taken for next but not started goes back to the front of its queue."""
+        taken, self._prefetched = self._prefetched, None
+        if taken is not None:
+            self._hand_back(taken[1].key, taken[0].id)
+
+    def _hand_back(self, queue_key: str, job_id: str) -> None:
+        intermediate = IntermediateQueue(queue_key, self.connection).key
+        try:
+            self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
+        except RedisError as exc:  # left in the intermediate list: RQ's maintenance finds it
+            self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self.hand_back_taken()
 
     def cleanup_execution(
         self, job: Job, pipeline: Pipeline, execution: Execution | None = None

@@ -26,7 +26,7 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from phase1 import heartbeat, keys, reconcile, shutdown, sweep
 from phase1.checks import run_startup_checks
-from phase1.context import Phase1, install_worker_context, redis_client
+from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
 from phase1.errors import UnavailableError
 from phase1.fastworker import FastWorker
 from phase1.maintenance import Maintenance
@@ -72,8 +72,24 @@ def _die_with_parent() -> None:
     Work horses are left out: one whose worker was killed still finishes its job."""
     if _forking_horse or not sys.platform.startswith("linux"):
         return
+    _close_inherited_redis_sockets()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _close_inherited_redis_sockets() -> None:
+    """Close (in this child only: redis-py shuts a socket down only in the process that
+    opened it) the worker's Redis sockets. While a copy stays open, Redis does not see a
+    killed worker go: it would serve the dead worker's blocking dequeue a job that then
+    reaches nobody. The child's clients open connections of their own."""
+    for pool in list(redis_pools):
+        connections = [
+            *getattr(pool, "_available_connections", []),
+            *getattr(pool, "_in_use_connections", []),
+        ]
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
 
 
 def _install_fork_hook() -> None:
@@ -91,6 +107,7 @@ class _Phase1Base(BaseWorker):
         kwargs["job_class"] = kwargs.get("job_class") or shutdown.InterruptibleJob
         kwargs.setdefault("worker_ttl", WORKER_TTL)
         super().__init__(*args, **kwargs)
+        redis_pools.add(self.connection.connection_pool)  # also under `rq worker -w`
         self.shutdown_timeout = shutdown_timeout
         self._job_in_hand: tuple[Job, Queue] | None = None
         self._deadline: shutdown.Deadline | None = None
@@ -264,6 +281,8 @@ class Phase1Worker(_Phase1Base, FastWorker):
             job, queue = self._job_in_hand
             with contextlib.suppress(Exception):
                 shutdown.requeue_interrupted(self, job, queue, self.execution)
+        with contextlib.suppress(Exception):
+            self.hand_back_taken()
         os._exit(1)
 
 

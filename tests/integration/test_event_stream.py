@@ -31,7 +31,15 @@ def make_plan(ctx: Phase1) -> uuid.UUID:
 
 
 def settled(ctx: Phase1, *job_ids: str) -> bool:
-    return all(jobs.view(ctx, j).status in ("completed", "failed") for j in job_ids)
+    """Each job ended in PostgreSQL and its last event is written (a failure's event goes
+    out just after its PostgreSQL commit and the dead-letter entry)."""
+    ended = all(jobs.view(ctx, j).status in ("completed", "failed") for j in job_ids)
+    return ended and all(
+        (evs := job_events(ctx, j))
+        and evs[-1].type in (events.COMPLETED, events.FAILED)
+        and (evs[-1].type == events.COMPLETED or evs[-1].data.get("final"))
+        for j in job_ids
+    )
 
 
 def job_events(ctx: Phase1, job_id: str) -> list[Event]:
