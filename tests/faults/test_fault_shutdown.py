@@ -119,11 +119,9 @@ def test_supervisor_stops_its_workers_within_the_bound(
         timeout=20,
         what="a replacement worker",
     )
-    # The killed worker's forked scheduler lives on for a moment (until PDEATHSIG's SIGTERM
-    # is handled) holding the dead worker's socket, whose blocking dequeue Redis may still
-    # serve: let it go before jobs arrive. A job taken that way is a known gap (left for the
-    # next session): it waits in RQ's intermediate queue for RQ's own cleanup.
-    time.sleep(3)
+    # No pause here: the killed worker's forked scheduler, which lives on for a moment, holds
+    # no copy of the dead worker's dequeue socket (phase1.worker closes them in the child),
+    # so Redis cannot serve a job to the dead worker.
     # Long enough that neither can finish within the timeout, whichever worker started first.
     plan_a, job_a = approve_slow(ctx, 5)
     plan_b, job_b = approve_slow(ctx, 5)
