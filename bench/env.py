@@ -90,12 +90,21 @@ def with_db(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def own_database(server_url: str, prefix: str = "phase1_bench") -> Iterator[str]:
-    """A migrated PostgreSQL database created for this run and dropped after it."""
+def own_database(
+    server_url: str, prefix: str = "phase1_bench", *, async_commit: bool = False
+) -> Iterator[str]:
+    """A migrated PostgreSQL database created for this run and dropped after it; with
+    `async_commit` its commits do not wait for the WAL flush (that database's own setting)."""
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin_url = with_db(server_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if async_commit:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
+                    sql.Identifier(name)
+                )
+            )
     url = with_db(server_url, name)
     try:
         db.migrate(url)

