@@ -74,10 +74,16 @@ def start_worker(st: State, args: WorkerArgs) -> int:
 
         # Resolves the embedded default once, before the children start; checks run once.
         run_startup_checks(st.connect(), expect_scheduler=False)
+        st.close()  # each child opens its own connections: none may cross a fork
         argv = ["--processes", "1", "--skip-checks"]
         argv += (["--burst"] if args.burst else []) + (["--fork"] if args.fork else [])
-        timeout = st.settings.shutdown_timeout
-        return supervise(argv, args.processes, burst=args.burst, shutdown_timeout=timeout)
+        return supervise(
+            argv,
+            args.processes,
+            burst=args.burst,
+            shutdown_timeout=st.settings.shutdown_timeout,
+            run_child=run_supervised,
+        )
     from phase1.worker import run
 
     run(
@@ -88,6 +94,15 @@ def start_worker(st: State, args: WorkerArgs) -> int:
         checks=not args.skip_checks,
     )
     return 0
+
+
+def run_supervised(argv: list[str]) -> int:
+    """A supervised worker, forked from its supervisor with all it needs imported already;
+    options this module does not read go to the Typer app in a fresh interpreter."""
+    args = parse(argv)
+    if args is None:
+        os.execv(sys.executable, [sys.executable, "-m", "phase1", "worker", *argv])
+    return run_command(args)
 
 
 def run_command(args: WorkerArgs) -> int:
