@@ -1,63 +1,34 @@
-"""The `phase1` command: one Typer sub-app per file, joined here."""
+"""The `phase1` command. The Typer app lives in phase1.cli.root and is imported only when
+needed: `phase1 worker` starts without it (phase1.cli.workerstart)."""
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import TYPE_CHECKING, Any
 
-from phase1 import __version__
-from phase1.cli import demo, dlq, embedded, info, jobs, ops, plans
-from phase1.cli import serve as serving
-from phase1.cli.common import Phase1Group, State, setup_logging
-from phase1.cli.events import events_command
+if TYPE_CHECKING:
+    from phase1.cli.root import app
 
-app = typer.Typer(
-    cls=Phase1Group,
-    name="phase1",
-    help="Asynchronous, reliable Phase 1 task creation for plan approvals, on RQ.\n\n"
-    "Reads REDIS_URL, DATABASE_URL and PHASE1_* from the environment and .env; with neither "
-    "URL set and nothing on the default addresses, runs embedded Redis and PostgreSQL "
-    "(data in PHASE1_HOME, default ./.phase1).",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    add_completion=True,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"phase1 {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    ctx: typer.Context,
-    debug: bool = typer.Option(False, "--debug", help="Log verbosely and show tracebacks."),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Settings are read and validated here, once, before any command runs."""
-    setup_logging(debug, ctx.invoked_subcommand)
-    st = State(debug=debug)
-    ctx.obj = st
-    _ = st.settings  # a bad setting stops every command with one line
-
-
-app.command("migrate")(jobs.migrate)
-app.command("enqueue")(jobs.enqueue)
-app.command("status")(jobs.status)
-app.command("worker")(jobs.worker)
-app.command("demo")(demo.demo)
-app.command("events")(events_command)
-app.command("reconcile")(ops.reconcile)
-app.add_typer(plans.app, name="plans")
-app.command("info")(info.info)
-app.add_typer(embedded.app, name="embedded")
-app.add_typer(dlq.app, name="dlq")
-app.command("serve")(serving.serve)
-app.command("up")(serving.up)
+__all__ = ["app", "main"]
 
 
 def main() -> None:
+    """The console script: `phase1 worker ...` on the lean path when it can, else the app."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["worker"]:
+        from phase1.cli import workerstart
+
+        args = workerstart.parse(argv[1:])
+        if args is not None:
+            sys.exit(workerstart.run_command(args))
+    from phase1.cli.root import app
+
     app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from phase1.cli import app` keeps working
+        from phase1.cli.root import app
+
+        return app
+    raise AttributeError(f"module 'phase1.cli' has no attribute {name!r}")

@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,7 +52,8 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
-from phase1.context import Phase1, build, redis_unavailable
+from phase1.cli.state import State
+from phase1.context import redis_unavailable
 
 try:  # Typer vendors click as typer._click since 0.2x; its exceptions are not click's own
     from typer import _click as click
@@ -68,7 +67,6 @@ from phase1.errors import (
     Phase1Error,
     UnavailableError,
 )
-from phase1.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -274,42 +272,6 @@ def progress(total: float | None, description: str) -> Iterator[Steps]:
         yield Steps(bar, bar.add_task(description, total=total))
 
 
-@dataclass
-class State:
-    """Lives in `ctx.obj`: settings read once, connections built on first use."""
-
-    debug: bool = False
-    _settings: Settings | None = None
-    _ctx: Phase1 | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(**self.overrides)
-        return self._settings
-
-    def resolved(self) -> Settings:
-        """Settings with Redis and PostgreSQL resolved (the embedded default when nothing
-        is configured), without connecting."""
-        if self._settings is None or not (self._settings.redis_url and self._settings.database_url):
-            from phase1.embedded import resolve
-
-            self._settings = resolve(self.settings)
-        return self._settings
-
-    def connect(self, *, pool_size: int = 2) -> Phase1:
-        """Connections to the resolved Redis and PostgreSQL, built once."""
-        if self._ctx is None:
-            self._ctx = build(self.resolved(), pool_size=pool_size)
-        return self._ctx
-
-    def close(self) -> None:
-        if self._ctx is not None:
-            self._ctx.close()
-            self._ctx = None
-
-
 def state(ctx: typer.Context) -> State:
     obj = ctx.find_root().obj
     if not isinstance(obj, State):
@@ -320,9 +282,15 @@ def state(ctx: typer.Context) -> State:
 
 def _redis_url_of(ctx: click.Context) -> str:
     obj = ctx.find_root().obj
-    if isinstance(obj, State) and obj._settings is not None and obj._settings.redis_url:
-        return obj._settings.redis_url
-    return "(REDIS_URL)"
+    return obj.redis_url_for_errors() if isinstance(obj, State) else "(REDIS_URL)"
+
+
+def error_exit(exc: Exception, redis_url: str) -> typer.Exit:
+    """Print a Phase1Error, or a Redis connection error (translated, naming `redis_url`), as one
+    stderr line; return the Exit with its code to raise."""
+    if isinstance(exc, Phase1Error):
+        return fail(str(exc), exit_code_for(exc))
+    return fail(str(redis_unavailable(redis_url, exc)), EXIT_FAILURE)
 
 
 class Phase1Group(TyperGroup):
@@ -333,14 +301,13 @@ class Phase1Group(TyperGroup):
             return super().invoke(ctx)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # A safety net: every Redis call path ends as one actionable line.
-            translated = redis_unavailable(_redis_url_of(ctx), exc)
             if _debug(ctx):
-                raise translated from exc
-            raise fail(str(translated), EXIT_FAILURE) from None
+                raise redis_unavailable(_redis_url_of(ctx), exc) from exc
+            raise error_exit(exc, _redis_url_of(ctx)) from None
         except Phase1Error as exc:
             if _debug(ctx):
                 raise
-            raise fail(str(exc), exit_code_for(exc)) from None
+            raise error_exit(exc, _redis_url_of(ctx)) from None
         finally:
             obj = ctx.find_root().obj
             if isinstance(obj, State) and ctx.parent is None:
@@ -393,19 +360,3 @@ def _debug(ctx: click.Context) -> bool:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-# Long-running commands keep the connection pool's warnings: they are their log.
-SERVICES = frozenset({"worker", "serve", "up"})
-
-
-def setup_logging(debug: bool, command: str | None = None) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug and command not in SERVICES:
-        # A one-off command reports an unreachable PostgreSQL in its one error line; the
-        # pool's per-attempt warnings would only bury it.
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -18,6 +18,7 @@ from phase1.cli.common import (
     progress,
     state,
 )
+from phase1.cli.workerstart import WorkerArgs, start_worker
 from phase1.schemas import JobView
 
 JOB_SHAPE = (
@@ -148,17 +149,5 @@ def worker(
 
     Example: phase1 worker --processes 2
     """
-    st = state(ctx)
-    if processes > 1:
-        from phase1.checks import run_startup_checks
-        from phase1.worker import supervise
-
-        # Resolves the embedded default once, before the children start; checks run once.
-        run_startup_checks(st.connect(), expect_scheduler=False)
-        argv = ["--processes", "1", "--skip-checks"]
-        argv += (["--burst"] if burst else []) + (["--fork"] if fork else [])
-        timeout = st.settings.shutdown_timeout
-        raise typer.Exit(supervise(argv, processes, burst=burst, shutdown_timeout=timeout))
-    from phase1.worker import run
-
-    run(st.connect(pool_size=4), burst=burst, fork=fork, name=name, checks=not skip_checks)
+    args = WorkerArgs(burst, processes, fork, name, skip_checks)
+    raise typer.Exit(start_worker(state(ctx), args))
