@@ -72,3 +72,22 @@ def test_deadline_runs_its_steps_in_order_unless_cancelled() -> None:
     cancelled.cancel()
     time.sleep(0.4)
     assert seen == []
+
+
+def test_remembered_serializers_answer_as_rq_does() -> None:
+    """phase1.fastworker.resolve_serializer: RQ's answers and errors, looked up once."""
+    import rq.job
+    import rq.serializers
+    from rq.serializers import JSONSerializer
+
+    from phase1 import fastworker
+
+    rq_resolve = fastworker._rq_resolve_serializer
+    for given in (None, JSONSerializer, "rq.serializers.JSONSerializer"):
+        assert fastworker.resolve_serializer(given) is rq_resolve(given)
+        assert fastworker.resolve_serializer(given) is rq_resolve(given)  # from the memory
+    with pytest.raises(NotImplementedError):
+        fastworker.resolve_serializer(object())
+    fastworker._remember_serializers()
+    assert rq.job.resolve_serializer is fastworker.resolve_serializer
+    assert rq.serializers.resolve_serializer is rq_resolve  # RQ's own stays as it was
