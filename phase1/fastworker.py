@@ -364,6 +364,8 @@ class FastWorker(SimpleWorker):
         """SimpleWorker's execute_job, with prepare_execution's writes left in a pipeline
         that prepare_job_execution sends along with its own."""
         global _stage
+        if self._prefetched is not None and self._prefetched[0].id == job.id:
+            self._prefetched = None  # started now: no longer to hand back
         pipeline = self.connection.pipeline()
         stage = _stage = _Stage(self.connection)
         try:
@@ -516,7 +518,9 @@ class FastWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        taken, self._prefetched = self._prefetched, None
+        # The taken job stays in _prefetched until execute_job starts it: a stop signal that
+        # comes before the caller holds it (and raises StopRequested) must still hand it back.
+        taken = self._prefetched
         if taken is None:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         self.heartbeat()  # at most once a second
