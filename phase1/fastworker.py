@@ -266,8 +266,33 @@ def _can_take(connection: Redis) -> bool:
     return bool(get_version(connection) >= (6, 2, 0))  # LMOVE
 
 
+# The job a dequeue popped that the worker does not hold yet: (queue key, job id, whether it
+# went to the intermediate list). A stop signal landing then (an idle worker's signal raises
+# StopRequested wherever the main thread is) ends the dequeue with the job popped; the worker
+# puts it back on its way out (FastWorker.work). RQ's own worker loses it there.
+_popped: tuple[str, str, bool] | None = None
+
+
+def _note_popped(result: Any, intermediate: bool) -> None:
+    global _popped
+    if result:
+        _popped = (as_text(result[0]), as_text(result[1]), intermediate)
+
+
 class FastQueue(Queue):
     """RQ's Queue whose dequeue takes a waiting job and its hash in one round trip."""
+
+    @classmethod
+    def lpop(cls, queue_keys: Any, timeout: int | None, connection: Redis | None = None) -> Any:
+        result = super().lpop(queue_keys, timeout, connection=connection)
+        _note_popped(result, False)
+        return result
+
+    @classmethod
+    def lmove(cls, connection: Redis, queue_key: str, timeout: int | None) -> Any:
+        result = super().lmove(connection, queue_key, timeout)
+        _note_popped(result, True)
+        return result
 
     @classmethod
     def dequeue_any(
@@ -289,6 +314,7 @@ class FastQueue(Queue):
             return super().dequeue_any(
                 queues, timeout, connection, job_class, serializer, death_penalty_class
             )
+        _note_popped(answer, True)
         return _taken(answer, connection, cls, job_cls, serializer, death_penalty_class)
 
 
@@ -363,9 +389,11 @@ class FastWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """SimpleWorker's execute_job, with prepare_execution's writes left in a pipeline
         that prepare_job_execution sends along with its own."""
-        global _stage
+        global _stage, _popped
         if self._prefetched is not None and self._prefetched[0].id == job.id:
             self._prefetched = None  # started now: no longer to hand back
+        if _popped is not None and _popped[1] == job.id:
+            _popped = None
         pipeline = self.connection.pipeline()
         stage = _stage = _Stage(self.connection)
         try:
@@ -532,15 +560,26 @@ class FastWorker(SimpleWorker):
         return taken
 
     def hand_back_taken(self) -> None:
-        """A job taken for next but not started goes back to the front of its queue."""
+        """A job taken for next but not started goes back to the front of its queue; so does
+        one a stop signal caught between its pop and the worker holding it."""
+        global _popped
         taken, self._prefetched = self._prefetched, None
         if taken is not None:
             self._hand_back(taken[1].key, taken[0].id)
+        popped, _popped = _popped, None
+        # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
+        if popped is not None and self._stop_requested:
+            queue_key, job_id, intermediate = popped
+            self._hand_back(queue_key, job_id, from_intermediate=intermediate)
 
-    def _hand_back(self, queue_key: str, job_id: str) -> None:
+    def _hand_back(self, queue_key: str, job_id: str, *, from_intermediate: bool = True) -> None:
         intermediate = IntermediateQueue(queue_key, self.connection).key
         try:
-            self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
+            if from_intermediate:
+                self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
+            else:  # RQ's BLPOP: the id is in no list
+                self.connection.lpush(queue_key, job_id)
+            self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
         except RedisError as exc:  # left in the intermediate list: RQ's maintenance finds it
             self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
 

@@ -255,3 +255,42 @@ def test_the_forked_scheduler_keeps_no_copy_of_the_dequeue_socket(
     assert not dequeue_sockets() & _socket_inodes(scheduler)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+def test_a_stop_signal_between_pop_and_start_puts_the_job_back(
+    ctx: Phase1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker's stop signal raises StopRequested wherever the main thread is. Landing
+    after its blocking dequeue (BLPOP, a worker of two queues) popped a job but before the
+    worker held it, RQ's worker loses that job; phase1's puts it back."""
+    from rq.queue import Queue
+
+    from phase1.fastworker import FastQueue
+
+    fetch = Queue._fetch_dequeued_job.__func__  # type: ignore[attr-defined]
+
+    def signal_then_fetch(cls: type[Queue], *args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line
+        return fetch(cls, *args, **kwargs)
+
+    monkeypatch.setattr(FastQueue, "_fetch_dequeued_job", classmethod(signal_then_fetch))
+    queue = ctx.queue()
+    job_id = str(uuid.uuid4())
+    pusher = threading.Timer(
+        1.0, lambda: queue.enqueue("bench.jobs.noop", job_id=job_id, result_ttl=600)
+    )
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    install_worker_context(ctx)
+    worker = build_worker(ctx, name=f"stop-{uuid.uuid4().hex[:8]}")
+    pusher.start()
+    try:
+        worker.work(burst=False, with_scheduler=False, logging_level="WARNING")
+    finally:
+        pusher.join()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert worker._stop_requested
+    assert [i.decode() for i in ctx.redis.lrange(queue.key, 0, -1)] == [job_id]
+    assert _rq_state(ctx)[1:] == (1, 0, 0)  # queued, nothing in the intermediate list or started
+    job = Job.fetch(job_id, connection=ctx.redis, serializer=queue.serializer)
+    assert job.get_status() == JobStatus.QUEUED
