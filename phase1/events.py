@@ -13,7 +13,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.job import Job
 
-from phase1 import fastworker, keys, webhooks
+from phase1 import keys, staging, webhooks
 from phase1.schemas import Event
 from phase1.settings import Settings
 
@@ -125,7 +125,7 @@ def emit_after_success(
         for event in batch:
             notify(event)
 
-    if not fastworker.after_success(write, then, within=within):
+    if not staging.after_success(write, then, within=within):
         emit_many(redis, settings, batch)
 
 

@@ -37,11 +37,8 @@ Failures, repeats and rate-limited jobs take RQ's own paths unchanged.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import rq.job
@@ -50,7 +47,6 @@ import rq.registry
 import rq.results
 import rq.serializers
 import rq.worker.base
-from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import SimpleWorker
@@ -59,97 +55,14 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.suspension import is_suspended
-from rq.utils import as_text, get_version, now, utcformat
+from rq.utils import as_text, now, utcformat
 from rq.worker import WorkerStatus
+
+from phase1 import staging, taking
 
 HOUSEKEEPING_S = 1.0
 
 log = logging.getLogger(__name__)
-
-Write = Callable[[Pipeline], Any]
-Then = Callable[[], Any] | None
-Staged = tuple[Write, Then]
-
-
-class _Stage:
-    """Redis writes the running job staged to go out with its success bookkeeping.
-
-    An entry staged `within` seconds goes out on its own, from a timer thread, if the job
-    is still running by then (so a long job's `active` event is not held back)."""
-
-    def __init__(self, connection: Redis) -> None:
-        self.connection = connection
-        self.items: list[Staged] = []
-        self.lock = threading.Lock()
-        self.timers: list[threading.Timer] = []
-
-    def add(self, item: Staged, within: float | None) -> None:
-        with self.lock:
-            self.items.append(item)
-        if within is not None:
-            timer = threading.Timer(within, self._send_due, args=(item,))
-            timer.daemon = True
-            self.timers.append(timer)
-            timer.start()
-
-    def take(self) -> list[Staged]:
-        with self.lock:
-            items, self.items = self.items, []
-        return items
-
-    def restage(self, items: list[Staged]) -> None:
-        with self.lock:
-            self.items[:0] = items
-
-    def _send_due(self, item: Staged) -> None:
-        with self.lock:  # the entry and everything staged before it, in order
-            if item not in self.items:
-                return
-            cut = self.items.index(item) + 1
-            due, self.items = self.items[:cut], self.items[cut:]
-        send(self.connection, due)
-
-    def close(self) -> None:
-        """End of the job: stop the timers; what is still staged goes out now."""
-        for timer in self.timers:
-            timer.cancel()
-        send(self.connection, self.take())
-
-
-# The stage of the job this process runs; None when no FastWorker runs a job here (plain
-# `rq worker`, a forking worker's horse, a script).
-_stage: _Stage | None = None
-
-
-def after_success(write: Write, then: Then = None, *, within: float | None = None) -> bool:
-    """From inside a job: stage Redis writes (`write(pipeline)`) to go out in the worker's
-    success transaction, and `then()` to run once they are written. Returns False when no
-    FastWorker runs this job in this process: the caller writes them itself, now.
-
-    With `within`, they go out on their own if the job is still running that many seconds
-    later. If the job fails, the staged writes go out before RQ's failure handling."""
-    stage = _stage
-    if stage is None:
-        return False
-    stage.add((write, then), within)
-    return True
-
-
-def send(connection: Redis, staged: list[Staged]) -> None:
-    """Send staged writes in a round trip of their own, then run their `then`s."""
-    if not staged:
-        return
-    try:
-        with connection.pipeline(transaction=True) as pipe:
-            for write, _ in staged:
-                write(pipe)
-            pipe.execute()
-    except RedisError as exc:
-        log.warning("could not send %d staged writes of a job: %s", len(staged), exc)
-    for _, then in staged:
-        if then is not None:
-            then()
-
 
 _rq_resolve_serializer = rq.serializers.resolve_serializer
 _resolved: dict[Any, Any] = {}
@@ -191,133 +104,6 @@ _PER_JOB_MESSAGES = frozenset(
 )
 
 
-# Take the first waiting job of the queues (in order) and read its hash, in one call. The id
-# moves to its queue's intermediate list (RQ's LMOVE, for every queue, not only when there is
-# one): a worker that dies before it marks the job started leaves it where RQ's maintenance
-# finds it, instead of nowhere. Ids whose hash is gone are dropped, as RQ skips them.
-TAKE = """
--- KEYS: queue keys, in order; ARGV[1]: job key prefix; ARGV[1 + i]: KEYS[i]'s intermediate list
-for i, key in ipairs(KEYS) do
-  local intermediate = ARGV[i + 1]
-  while true do
-    local id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
-    if not id then
-      break
-    end
-    local hash = redis.call('HGETALL', ARGV[1] .. id)
-    if #hash > 0 then
-      return {key, id, hash}
-    end
-    redis.call('LREM', intermediate, 1, id)
-  end
-end
-return false
-"""
-TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
-
-# Put a job taken but not started back at the front of its queue.
-HAND_BACK = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-
-def _take_args(queues: list[Queue], job_class: type[Job]) -> tuple[list[str], list[str]]:
-    keys = [q.key for q in queues]
-    intermediates = [
-        IntermediateQueue(k, q.connection).key for k, q in zip(keys, queues, strict=True)
-    ]
-    return keys, [job_class.redis_job_namespace_prefix, *intermediates]
-
-
-def _taken(
-    answer: Any,
-    connection: Redis,
-    queue_class: type[Queue],
-    job_class: type[Job],
-    serializer: Any,
-    death_penalty_class: Any,
-    known: dict[str, Queue] | None = None,
-) -> tuple[Job, Queue]:
-    """The (job, queue) of a TAKE answer; raises as RQ's dequeue does for a job it cannot read.
-    `known`: the worker's own Queue objects by key (no new Queue a job)."""
-    queue_key, job_id, flat = as_text(answer[0]), as_text(answer[1]), answer[2]
-    queue = (known or {}).get(queue_key) or queue_class.from_queue_key(
-        queue_key,
-        connection=connection,
-        job_class=job_class,
-        serializer=serializer,
-        death_penalty_class=death_penalty_class,
-    )
-    job = job_class(job_id, connection=connection, serializer=serializer)
-    try:
-        job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
-    except Exception as exc:  # as RQ's _fetch_dequeued_job reports it
-        exc.job_id = job_id  # type: ignore[attr-defined]
-        exc.queue = queue  # type: ignore[attr-defined]
-        raise
-    return job, queue
-
-
-def _can_take(connection: Redis) -> bool:
-    return bool(get_version(connection) >= (6, 2, 0))  # LMOVE
-
-
-# The job a dequeue popped that the worker does not hold yet: (queue key, job id, whether it
-# went to the intermediate list). A stop signal landing then (an idle worker's signal raises
-# StopRequested wherever the main thread is) ends the dequeue with the job popped; the worker
-# puts it back on its way out (FastWorker.work). RQ's own worker loses it there.
-_popped: tuple[str, str, bool] | None = None
-
-
-def _note_popped(result: Any, intermediate: bool) -> None:
-    global _popped
-    if result:
-        _popped = (as_text(result[0]), as_text(result[1]), intermediate)
-
-
-class FastQueue(Queue):
-    """RQ's Queue whose dequeue takes a waiting job and its hash in one round trip."""
-
-    @classmethod
-    def lpop(cls, queue_keys: Any, timeout: int | None, connection: Redis | None = None) -> Any:
-        result = super().lpop(queue_keys, timeout, connection=connection)
-        _note_popped(result, False)
-        return result
-
-    @classmethod
-    def lmove(cls, connection: Redis, queue_key: str, timeout: int | None) -> Any:
-        result = super().lmove(connection, queue_key, timeout)
-        _note_popped(result, True)
-        return result
-
-    @classmethod
-    def dequeue_any(
-        cls,
-        queues: Any,
-        timeout: int | None,
-        connection: Redis,
-        job_class: type[Job] | None = None,
-        serializer: Any = None,
-        death_penalty_class: Any = None,
-    ) -> tuple[Job, Queue] | None:
-        queues = list(queues)
-        job_cls: type[Job] = job_class or Job
-        answer: Any = None
-        if _can_take(connection):
-            keys, args = _take_args(queues, job_cls)
-            answer = connection.register_script(TAKE)(keys=keys, args=args)
-        if not answer:  # nothing waiting: RQ's own (blocking) dequeue
-            return super().dequeue_any(
-                queues, timeout, connection, job_class, serializer, death_penalty_class
-            )
-        _note_popped(answer, True)
-        return _taken(answer, connection, cls, job_cls, serializer, death_penalty_class)
-
-
 class _JobLinesAtDebug:
     """RQ's worker logger, with the per-job INFO lines demoted to DEBUG."""
 
@@ -341,7 +127,7 @@ class FastWorker(SimpleWorker):
         _remember_serializers()
         super().__init__(*args, **kwargs)
         if self.queue_class is Queue:  # a queue class of the caller's own is kept
-            self.queue_class = FastQueue
+            self.queue_class = taking.FastQueue
         self.log = _JobLinesAtDebug(self.log)  # type: ignore[assignment]
         self._state_written: str | None = None
         self._housekept_at = float("-inf")
@@ -389,13 +175,12 @@ class FastWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """SimpleWorker's execute_job, with prepare_execution's writes left in a pipeline
         that prepare_job_execution sends along with its own."""
-        global _stage, _popped
         if self._prefetched is not None and self._prefetched[0].id == job.id:
             self._prefetched = None  # started now: no longer to hand back
-        if _popped is not None and _popped[1] == job.id:
-            _popped = None
+        if taking._popped is not None and taking._popped[1] == job.id:
+            taking._popped = None
         pipeline = self.connection.pipeline()
-        stage = _stage = _Stage(self.connection)
+        stage = staging._stage = staging._Stage(self.connection)
         try:
             execution = Execution.create(
                 job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
@@ -408,7 +193,7 @@ class FastWorker(SimpleWorker):
             self._prepare_pipeline = None
             self._ended_heartbeat = None
             pipeline.reset()
-            _stage = None
+            staging._stage = None
             stage.close()  # what a path other than plain success left (retry, repeat)
         self.set_state(WorkerStatus.IDLE)
 
@@ -441,8 +226,8 @@ class FastWorker(SimpleWorker):
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         if job.get_status(refresh=False) == JobStatus.FAILED:  # the failure path: RQ's own
-            if _stage is not None:  # before the failure is handled, as they happened
-                send(self.connection, _stage.take())
+            if staging._stage is not None:  # before the failure is handled, as they happened
+                staging.send(self.connection, staging._stage.take())
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()
@@ -461,7 +246,7 @@ class FastWorker(SimpleWorker):
         if job.repeats_left or job.has_rate_limit:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
-        stage = _stage
+        stage = staging._stage
         staged = stage.take() if stage is not None else []
         assert job.started_at is not None and job.ended_at is not None
         try:
@@ -515,22 +300,26 @@ class FastWorker(SimpleWorker):
         if self._no_take_once:
             self._no_take_once = False
             return False
-        if self._stop_requested or self._prefetched is not None or not _can_take(self.connection):
+        if (
+            self._stop_requested
+            or self._prefetched is not None
+            or not taking._can_take(self.connection)
+        ):
             return False
-        keys, args = _take_args(list(self._ordered_queues), self.job_class)
-        pipe.evalsha(TAKE_SHA, len(keys), *keys, *args)
+        keys, args = taking._take_args(list(self._ordered_queues), self.job_class)
+        pipe.evalsha(taking.TAKE_SHA, len(keys), *keys, *args)
         return True
 
     def _keep_taken(self, answer: Any) -> None:
         if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart: load it for next time
             self.log.debug("Worker %s: taking the next job failed: %s", self.name, answer)
             with contextlib.suppress(RedisError):
-                self.connection.script_load(TAKE)
+                self.connection.script_load(taking.TAKE)
             return
         if not answer:
             return
         try:
-            self._prefetched = _taken(
+            self._prefetched = taking._taken(
                 answer,
                 self.connection,
                 self.queue_class,
@@ -562,11 +351,10 @@ class FastWorker(SimpleWorker):
     def hand_back_taken(self) -> None:
         """A job taken for next but not started goes back to the front of its queue; so does
         one a stop signal caught between its pop and the worker holding it."""
-        global _popped
         taken, self._prefetched = self._prefetched, None
         if taken is not None:
             self._hand_back(taken[1].key, taken[0].id)
-        popped, _popped = _popped, None
+        popped, taking._popped = taking._popped, None
         # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
         if popped is not None and self._stop_requested:
             queue_key, job_id, intermediate = popped
@@ -576,7 +364,7 @@ class FastWorker(SimpleWorker):
         intermediate = IntermediateQueue(queue_key, self.connection).key
         try:
             if from_intermediate:
-                self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
+                self.connection.eval(taking.HAND_BACK, 2, intermediate, queue_key, job_id)
             else:  # RQ's BLPOP: the id is in no list
                 self.connection.lpush(queue_key, job_id)
             self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)

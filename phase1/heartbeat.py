@@ -20,7 +20,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from phase1 import context, fastworker, keys
+from phase1 import context, keys, staging
 from phase1.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[
         stop.set()
         thread.join(timeout=1)
         # The last beat goes with the worker's success bookkeeping when it can.
-        if not fastworker.after_success(lambda pipe: beat(pipe, queue, job_id)):
+        if not staging.after_success(lambda pipe: beat(pipe, queue, job_id)):
             _beat_quietly(redis, queue, job_id)
 
 

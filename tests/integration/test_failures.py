@@ -101,6 +101,14 @@ def set_fault_sleep(database_url: str, plan_id: uuid.UUID, sleep_s: float) -> No
         )
 
 
+def dlq_entry(ctx: Phase1, job_id: str) -> dict[str, Any]:
+    """The job's DLQ entry, which follows its final attempt's PostgreSQL commit by a moment."""
+    entry: dict[str, Any] = wait_until(
+        lambda: deadletter.get(ctx.redis, ctx.settings.queue, job_id), what="the DLQ entry"
+    )
+    return entry
+
+
 def assert_one_terminal_state(ctx: Phase1, job_id: str, expected: str) -> None:
     """PostgreSQL, RQ and the DLQ agree, and nothing is left running."""
     assert status(ctx, job_id) == expected
@@ -156,8 +164,7 @@ def test_always_failing_job_is_dead_lettered_after_1_plus_retries_at_the_spacing
     view = jobs.view(ctx, job_id)
     assert view.attempt == 4 and view.maxAttempts == 4 and view.completedAt is not None
     assert view.error is not None and "injected fault" in view.error.message
-    entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
-    assert entry is not None
+    entry = dlq_entry(ctx, job_id)
     assert entry["reason"] == "exception" and entry["planId"] == str(plan_id)
     assert entry["errorType"] == "RaiseException" and "injected fault" in entry["message"]
     assert "Traceback" in entry["traceback"]
@@ -230,8 +237,8 @@ def test_permanent_error_is_dead_lettered_after_one_attempt(
     attempts = history(ctx, job_id)
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed")]
     assert attempts[0]["error_type"] == "PermanentJobError"
-    entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
-    assert entry is not None and entry["reason"] == "permanent"
+    entry = dlq_entry(ctx, job_id)
+    assert entry["reason"] == "permanent"
     assert "invalid analysis" in entry["message"]
     assert_one_terminal_state(ctx, job_id, "failed")
 
@@ -288,8 +295,7 @@ def test_kill_9_of_the_whole_worker_is_recovered_by_the_sweep_within_60s(
         assert_one_terminal_state(ctx, job_id, "completed")
     else:
         assert len(attempts) == 1
-        entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
-        assert entry is not None and entry["reason"] == "abandoned"
+        assert dlq_entry(ctx, job_id)["reason"] == "abandoned"
         assert_one_terminal_state(ctx, job_id, "failed")
 
     # RQ's own cleanup of abandoned jobs, however late it comes, finds nothing left to do.

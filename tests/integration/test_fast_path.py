@@ -20,7 +20,7 @@ from redis.connection import AbstractConnection
 from rq.job import Job, JobStatus
 from support import Processes, child_pids, inject_fault, wait_until
 
-from phase1 import approval, events, executions, fastworker, plans
+from phase1 import approval, events, executions, plans, staging
 from phase1.context import Phase1, install_worker_context
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.worker import build_worker
@@ -136,26 +136,26 @@ def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
     def push(value: str) -> tuple[Any, Any]:
         return (lambda pipe: pipe.rpush(key, value)), (lambda: heard.append(value))
 
-    stage = fastworker._Stage(ctx.redis)
-    fastworker._stage = stage
+    stage = staging._Stage(ctx.redis)
+    staging._stage = stage
     try:
-        assert fastworker.after_success(*push("a"))
-        assert fastworker.after_success(*push("b"), within=0.05)
-        assert fastworker.after_success(*push("c"))
+        assert staging.after_success(*push("a"))
+        assert staging.after_success(*push("b"), within=0.05)
+        assert staging.after_success(*push("c"))
         time.sleep(0.3)
         assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]
-        assert fastworker.after_success(*push("d"), within=0.05)
+        assert staging.after_success(*push("d"), within=0.05)
         taken = stage.take()  # as the success transaction takes them
         time.sleep(0.3)
         assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]  # d's timer found it gone
-        fastworker.send(ctx.redis, taken)
-        assert fastworker.after_success(*push("e"))
+        staging.send(ctx.redis, taken)
+        assert staging.after_success(*push("e"))
     finally:
-        fastworker._stage = None
+        staging._stage = None
         stage.close()
     assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b", b"c", b"d", b"e"]
     assert heard == ["a", "b", "c", "d", "e"]
-    assert not fastworker.after_success(*push("f"))  # no worker job: the caller writes
+    assert not staging.after_success(*push("f"))  # no worker job: the caller writes
     ctx.redis.delete(key)
 
 
@@ -265,7 +265,7 @@ def test_a_stop_signal_between_pop_and_start_puts_the_job_back(
     worker held it, RQ's worker loses that job; phase1's puts it back."""
     from rq.queue import Queue
 
-    from phase1.fastworker import FastQueue
+    from phase1.taking import FastQueue
 
     fetch = Queue._fetch_dequeued_job.__func__  # type: ignore[attr-defined]
 
