@@ -136,6 +136,9 @@ class FastWorker(SimpleWorker):
         self._ended_heartbeat: tuple[str, str] | None = None  # (job id, timestamp)
         self._prefetched: tuple[Job, Queue] | None = None  # taken in the last success
         self._no_take_once = False
+        # Built once, not a job: the worker's queues by key, and TAKE's arguments for an order.
+        self._queues_by_key = {q.key: q for q in self.queues}
+        self._take_call: tuple[tuple[str, ...], list[Any]] = ((), [])
 
     # -- the worker's own heartbeat, state and suspension check ---------------------------
 
@@ -177,10 +180,10 @@ class FastWorker(SimpleWorker):
         that prepare_job_execution sends along with its own."""
         if self._prefetched is not None and self._prefetched[0].id == job.id:
             self._prefetched = None  # started now: no longer to hand back
-        if taking._popped is not None and taking._popped[1] == job.id:
-            taking._popped = None
+        if taking.popped is not None and taking.popped[1] == job.id:
+            taking.popped = None
         pipeline = self.connection.pipeline()
-        stage = staging._stage = staging._Stage(self.connection)
+        stage = staging.current = staging.Stage(self.connection)
         try:
             execution = Execution.create(
                 job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
@@ -193,7 +196,7 @@ class FastWorker(SimpleWorker):
             self._prepare_pipeline = None
             self._ended_heartbeat = None
             pipeline.reset()
-            staging._stage = None
+            staging.current = None
             stage.close()  # what a path other than plain success left (retry, repeat)
         self.set_state(WorkerStatus.IDLE)
 
@@ -226,8 +229,8 @@ class FastWorker(SimpleWorker):
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         if job.get_status(refresh=False) == JobStatus.FAILED:  # the failure path: RQ's own
-            if staging._stage is not None:  # before the failure is handled, as they happened
-                staging.send(self.connection, staging._stage.take())
+            if staging.current is not None:  # before the failure is handled, as they happened
+                staging.send(self.connection, staging.current.take())
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()
@@ -246,7 +249,7 @@ class FastWorker(SimpleWorker):
         if job.repeats_left or job.has_rate_limit:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
-        stage = staging._stage
+        stage = staging.current
         staged = stage.take() if stage is not None else []
         assert job.started_at is not None and job.ended_at is not None
         try:
@@ -303,11 +306,14 @@ class FastWorker(SimpleWorker):
         if (
             self._stop_requested
             or self._prefetched is not None
-            or not taking._can_take(self.connection)
+            or not taking.can_take(self.connection)
         ):
             return False
-        keys, args = taking._take_args(list(self._ordered_queues), self.job_class)
-        pipe.evalsha(taking.TAKE_SHA, len(keys), *keys, *args)
+        order = tuple(q.key for q in self._ordered_queues)
+        if self._take_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
+            keys, args = taking.take_args(list(self._ordered_queues), self.job_class)
+            self._take_call = (order, [len(keys), *keys, *args])
+        pipe.evalsha(taking.TAKE_SHA, *self._take_call[1])
         return True
 
     def _keep_taken(self, answer: Any) -> None:
@@ -319,14 +325,14 @@ class FastWorker(SimpleWorker):
         if not answer:
             return
         try:
-            self._prefetched = taking._taken(
+            self._prefetched = taking.taken(
                 answer,
                 self.connection,
                 self.queue_class,
                 self.job_class,
                 self.serializer,
                 self.death_penalty_class,
-                {q.key: q for q in self.queues},
+                self._queues_by_key,
             )
         except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
             self._hand_back(as_text(answer[0]), as_text(answer[1]))
@@ -354,7 +360,7 @@ class FastWorker(SimpleWorker):
         taken, self._prefetched = self._prefetched, None
         if taken is not None:
             self._hand_back(taken[1].key, taken[0].id)
-        popped, taking._popped = taking._popped, None
+        popped, taking.popped = taking.popped, None
         # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
         if popped is not None and self._stop_requested:
             queue_key, job_id, intermediate = popped

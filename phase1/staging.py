@@ -24,7 +24,7 @@ Then = Callable[[], Any] | None
 Staged = tuple[Write, Then]
 
 
-class _Stage:
+class Stage:
     """Redis writes the running job staged to go out with its success bookkeeping.
 
     An entry staged `within` seconds goes out on its own, from a timer thread, if the job
@@ -71,7 +71,7 @@ class _Stage:
 
 # The stage of the job this process runs; None when no FastWorker runs a job here (plain
 # `rq worker`, a forking worker's horse, a script).
-_stage: _Stage | None = None
+current: Stage | None = None
 
 
 def after_success(write: Write, then: Then = None, *, within: float | None = None) -> bool:
@@ -81,7 +81,7 @@ def after_success(write: Write, then: Then = None, *, within: float | None = Non
 
     With `within`, they go out on their own if the job is still running that many seconds
     later. If the job fails, the staged writes go out before RQ's failure handling."""
-    stage = _stage
+    stage = current
     if stage is None:
         return False
     stage.add((write, then), within)

@@ -46,7 +46,7 @@ return 0
 """
 
 
-def _take_args(queues: list[Queue], job_class: type[Job]) -> tuple[list[str], list[str]]:
+def take_args(queues: list[Queue], job_class: type[Job]) -> tuple[list[str], list[str]]:
     keys = [q.key for q in queues]
     intermediates = [
         IntermediateQueue(k, q.connection).key for k, q in zip(keys, queues, strict=True)
@@ -54,7 +54,7 @@ def _take_args(queues: list[Queue], job_class: type[Job]) -> tuple[list[str], li
     return keys, [job_class.redis_job_namespace_prefix, *intermediates]
 
 
-def _taken(
+def taken(
     answer: Any,
     connection: Redis,
     queue_class: type[Queue],
@@ -83,7 +83,7 @@ def _taken(
     return job, queue
 
 
-def _can_take(connection: Redis) -> bool:
+def can_take(connection: Redis) -> bool:
     return bool(get_version(connection) >= (6, 2, 0))  # LMOVE
 
 
@@ -91,13 +91,13 @@ def _can_take(connection: Redis) -> bool:
 # went to the intermediate list). A stop signal landing then (an idle worker's signal raises
 # StopRequested wherever the main thread is) ends the dequeue with the job popped; the worker
 # puts it back on its way out (FastWorker.work). RQ's own worker loses it there.
-_popped: tuple[str, str, bool] | None = None
+popped: tuple[str, str, bool] | None = None
 
 
-def _note_popped(result: Any, intermediate: bool) -> None:
-    global _popped
+def note_popped(result: Any, intermediate: bool) -> None:
+    global popped
     if result:
-        _popped = (as_text(result[0]), as_text(result[1]), intermediate)
+        popped = (as_text(result[0]), as_text(result[1]), intermediate)
 
 
 class FastQueue(Queue):
@@ -106,13 +106,13 @@ class FastQueue(Queue):
     @classmethod
     def lpop(cls, queue_keys: Any, timeout: int | None, connection: Redis | None = None) -> Any:
         result = super().lpop(queue_keys, timeout, connection=connection)
-        _note_popped(result, False)
+        note_popped(result, False)
         return result
 
     @classmethod
     def lmove(cls, connection: Redis, queue_key: str, timeout: int | None) -> Any:
         result = super().lmove(connection, queue_key, timeout)
-        _note_popped(result, True)
+        note_popped(result, True)
         return result
 
     @classmethod
@@ -128,12 +128,12 @@ class FastQueue(Queue):
         queues = list(queues)
         job_cls: type[Job] = job_class or Job
         answer: Any = None
-        if _can_take(connection):
-            keys, args = _take_args(queues, job_cls)
+        if can_take(connection):
+            keys, args = take_args(queues, job_cls)
             answer = connection.register_script(TAKE)(keys=keys, args=args)
         if not answer:  # nothing waiting: RQ's own (blocking) dequeue
             return super().dequeue_any(
                 queues, timeout, connection, job_class, serializer, death_penalty_class
             )
-        _note_popped(answer, True)
-        return _taken(answer, connection, cls, job_cls, serializer, death_penalty_class)
+        note_popped(answer, True)
+        return taken(answer, connection, cls, job_cls, serializer, death_penalty_class)

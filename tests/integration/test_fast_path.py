@@ -136,8 +136,8 @@ def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
     def push(value: str) -> tuple[Any, Any]:
         return (lambda pipe: pipe.rpush(key, value)), (lambda: heard.append(value))
 
-    stage = staging._Stage(ctx.redis)
-    staging._stage = stage
+    stage = staging.Stage(ctx.redis)
+    staging.current = stage
     try:
         assert staging.after_success(*push("a"))
         assert staging.after_success(*push("b"), within=0.05)
@@ -151,7 +151,7 @@ def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
         staging.send(ctx.redis, taken)
         assert staging.after_success(*push("e"))
     finally:
-        staging._stage = None
+        staging.current = None
         stage.close()
     assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b", b"c", b"d", b"e"]
     assert heard == ["a", "b", "c", "d", "e"]
