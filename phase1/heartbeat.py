@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -22,6 +21,7 @@ from rq import get_current_job
 
 from phase1 import context, keys, staging
 from phase1.settings import Settings
+from phase1.ticker import ticker
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +58,20 @@ def _beat_quietly(redis: Redis, queue: str, job_id: str) -> None:
 
 @contextlib.contextmanager
 def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[None]:
-    """Beat for `job_id` from a daemon thread while the block runs.
+    """Beat for `job_id` from the process's ticker thread while the block runs.
 
     The last beat is stamped on the way out and left in place: RQ still has to record the
     outcome, and the sweep must not take that moment for a death. The sweep prunes it later.
     """
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            _beat_quietly(redis, queue, job_id)
-
     global _first_beat_sent
     if _first_beat_sent != job_id:
         _beat_quietly(redis, queue, job_id)
     _first_beat_sent = None
-    thread = threading.Thread(target=loop, name=f"phase1-heartbeat-{job_id}", daemon=True)
-    thread.start()
+    beats = ticker.call_every(interval, functools.partial(_beat_quietly, redis, queue, job_id))
     try:
         yield
     finally:
-        stop.set()
-        thread.join(timeout=1)
+        beats.cancel()
         # The last beat goes with the worker's success bookkeeping when it can.
         if not staging.after_success(lambda pipe: beat(pipe, queue, job_id)):
             _beat_quietly(redis, queue, job_id)

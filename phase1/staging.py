@@ -8,6 +8,7 @@ worker's horse, a script) `after_success` answers False and the caller writes at
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+
+from phase1.ticker import Call, ticker
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +30,20 @@ Staged = tuple[Write, Then]
 class Stage:
     """Redis writes the running job staged to go out with its success bookkeeping.
 
-    An entry staged `within` seconds goes out on its own, from a timer thread, if the job
-    is still running by then (so a long job's `active` event is not held back)."""
+    An entry staged `within` seconds goes out on its own, from the process's ticker thread,
+    if the job is still running by then (so a long job's `active` event is not held back)."""
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
         self.items: list[Staged] = []
         self.lock = threading.Lock()
-        self.timers: list[threading.Timer] = []
+        self.timers: list[Call] = []
 
     def add(self, item: Staged, within: float | None) -> None:
         with self.lock:
             self.items.append(item)
         if within is not None:
-            timer = threading.Timer(within, self._send_due, args=(item,))
-            timer.daemon = True
-            self.timers.append(timer)
-            timer.start()
+            self.timers.append(ticker.call_later(within, functools.partial(self._send_due, item)))
 
     def take(self) -> list[Staged]:
         with self.lock:

@@ -317,3 +317,18 @@ def run_concurrently(
             own.close()
 
     return run_threads(threads, with_own_context)
+
+
+def count_thread_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the name of every thread this process starts is appended to the list."""
+    import threading
+
+    starts: list[str] = []
+    original = threading.Thread.start
+
+    def counting(self: threading.Thread) -> None:
+        starts.append(self.name)
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting)
+    return starts
