@@ -2,9 +2,9 @@
 
 Run as a process (`python -m bench.pgloop ...`) by the real-jobs benchmark, one per worker it
 stands in for. For each (job id, plan id) it runs what `phase1.job.run_phase1_job` runs in
-PostgreSQL: the attempt-start transaction, then the tasks-and-completion transaction (the
-same SQL, from phase1/executions.py and phase1/plans.py). `--variant` runs the changes
-bench/PLAN.md proposes, to measure them.
+PostgreSQL: the attempt-start statement, then the tasks-and-completion transaction (the
+same SQL and code, phase1/work.py). `--variant` runs other ways of doing it, to measure
+them (`statements`: one statement per step, as the job did before phase1.work).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
-from phase1 import db, executions, plans
+from phase1 import db, executions, plans, work
 
-VARIANTS = ("job", "one-tx", "held-conn", "pipeline")
+VARIANTS = ("job", "statements", "one-tx", "held-conn", "pipeline")
 
 
 def _result(plan_id: UUID, created: list[UUID], tasks: list[Any]) -> dict[str, Any]:
@@ -42,7 +42,13 @@ def run_job(
     pool: ConnectionPool[db.Conn], held: db.Conn, job: tuple[str, UUID], variant: str
 ) -> None:
     job_id, plan_id = job
-    if variant == "job":  # what run_phase1_job does today: two pooled transactions
+    if variant == "job":  # what run_phase1_job does (phase1.work), on pooled connections
+        with db.read(pool) as conn:
+            attempt = work.open_attempt(conn, job_id, "pgloop", 3)
+        assert attempt is not None
+        with db.transaction(pool) as conn:
+            work.create_tasks(conn, job_id, plan_id, attempt)
+    elif variant == "statements":  # one statement per step, as before phase1.work
         with db.transaction(pool) as conn:
             attempt = executions.start_attempt(conn, job_id, "pgloop")
         assert attempt is not None
@@ -66,7 +72,7 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--jobs", type=Path, required=True, help="JSON list of [job id, plan id]")
     parser.add_argument("--start-at", type=float, required=True, help="unix time to start at")
-    parser.add_argument("--variant", choices=VARIANTS, default="two-tx")
+    parser.add_argument("--variant", choices=VARIANTS, default="job")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     jobs = [(j, UUID(p)) for j, p in json.loads(args.jobs.read_text())]

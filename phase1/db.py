@@ -119,6 +119,7 @@ def read(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
         conn.autocommit = True
         try:
             yield conn
+            _last_used[conn] = time.monotonic()
         finally:
             with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
                 conn.autocommit = False

@@ -63,10 +63,12 @@ SQL_PROGRESS = """
 UPDATE marketplace_job_executions SET progress = %(progress)s, updated_at = NOW()
 WHERE job_id = %(job_id)s AND status = 'active'
 """
-SQL_COMPLETE = """
+# What completing an execution sets, but its result (phase1.work completes in one statement).
+COMPLETED_SET = """status = 'completed', progress = 100, completed_at = NOW(),
+    error_message = NULL, error_type = NULL, next_retry_at = NULL, updated_at = NOW()"""
+SQL_COMPLETE = f"""
 UPDATE marketplace_job_executions
-SET status = 'completed', progress = 100, completed_at = NOW(), result = %(result)s,
-    error_message = NULL, error_type = NULL, next_retry_at = NULL, updated_at = NOW()
+SET {COMPLETED_SET}, result = %(result)s
 WHERE job_id = %(job_id)s
 RETURNING *
 """

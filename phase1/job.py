@@ -16,7 +16,7 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from phase1 import context, deadletter, events, executions, plans
+from phase1 import context, deadletter, events, executions, work
 from phase1.context import Phase1
 from phase1.errors import PermanentJobError, UnavailableError
 from phase1.heartbeat import heartbeating
@@ -51,12 +51,9 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     ctx = context.for_worker_process()
     plan_id = str(payload.planId)
 
-    with ctx.transaction() as conn:
-        attempt = executions.start_attempt(
-            conn, job.id, job.worker_name, job.retries_left or 0, durable=False
-        )
-        if attempt is None:
-            row = executions.get(conn, job.id)
+    with ctx.read() as conn:  # autocommit: the start marker is one round trip
+        attempt = work.open_attempt(conn, job.id, job.worker_name, job.retries_left or 0)
+        row = executions.get(conn, job.id) if attempt is None else None
     if attempt is None:
         if row is None:
             raise PermanentJobError(f"job {job.id} has no execution row in PostgreSQL")
@@ -68,19 +65,10 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
     with ctx.transaction() as conn:
-        row = executions.get(conn, job.id, lock=True)
-        if row is not None and row["status"] == "completed":
-            # A concurrent run completed it while this attempt started: close this attempt
-            # (it did nothing) so no attempt row stays `active`.
-            executions.end_attempt(conn, job.id, attempt, "completed")
-            return dict(row["result"] or {})
-        created, tasks = plans.create_phase1_tasks(conn, payload.planId)
-        result = {
-            "planId": plan_id,
-            "tasksCreated": len(created),
-            "taskIds": [str(t.id) for t in tasks],
-        }
-        executions.complete(conn, job.id, attempt, result)
+        outcome = work.create_tasks(conn, job.id, payload.planId, attempt)
+    result = outcome.result
+    if not outcome.ran:
+        return result
     # Progress and completion once the work is committed; with phase1's worker in the same
     # round trip as its success bookkeeping.
     progress = {"progress": 90, "step": "tasks-created"}

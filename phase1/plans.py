@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from phase1.db import Conn
+from phase1.db import Conn, Row
 from phase1.errors import InvalidInputError, NotFoundError, PermanentJobError
 from phase1.schemas import Analysis, Plan, Task
 
@@ -29,14 +29,14 @@ SELECT * FROM marketplace_tasks WHERE plan_id = %(plan_id)s AND phase = 1
 ORDER BY position, created_at
 """
 # ON CONFLICT on the (plan, phase, key) constraint is what makes the function idempotent.
-SQL_INSERT_TASKS = """
+SQL_INSERT_TASKS_ONLY = """
 INSERT INTO marketplace_tasks (id, plan_id, phase, task_key, title, description, position)
 SELECT gen_random_uuid(), %(plan_id)s, 1, t.key, t.title, t.description, t.position
 FROM unnest(%(keys)s::text[], %(titles)s::text[], %(descriptions)s::text[], %(positions)s::int[])
      AS t(key, title, description, position)
 ON CONFLICT ON CONSTRAINT uq_task_key_per_plan DO NOTHING
-RETURNING id
 """
+SQL_INSERT_TASKS = SQL_INSERT_TASKS_ONLY + "RETURNING id\n"
 
 
 def parse_uuid(value: str, what: str = "plan id") -> UUID:
@@ -101,21 +101,25 @@ def create_phase1_tasks(conn: Conn, plan_id: UUID) -> tuple[list[UUID], list[Tas
     A missing plan or an unusable analysis raises PermanentJobError: retrying cannot help.
     """
     row = conn.execute(SQL_GET_PLAN, {"id": plan_id}).fetchone()
-    if row is None:
+    params = task_params(plan_id, row)
+    created = conn.execute(SQL_INSERT_TASKS, params).fetchall()
+    return [r["id"] for r in created], list_tasks(conn, plan_id)
+
+
+def task_params(plan_id: UUID, plan: Row | None) -> dict[str, Any]:
+    """The parameters of SQL_INSERT_TASKS for the plan's Phase 1 tasks, from the `analysis`
+    of its row (None: the plan was not found). A missing plan or an unusable analysis raises
+    PermanentJobError: retrying cannot help."""
+    if plan is None:
         raise PermanentJobError(f"plan {plan_id} not found")
     try:
-        analysis = validate_analysis(row["analysis"])
+        tasks = validate_analysis(plan["analysis"]).phase1
     except InvalidInputError as exc:
         raise PermanentJobError(f"plan {plan_id}: {exc}") from None
-    tasks = analysis.phase1
-    created = conn.execute(
-        SQL_INSERT_TASKS,
-        {
-            "plan_id": plan_id,
-            "keys": [t.key for t in tasks],
-            "titles": [t.title for t in tasks],
-            "descriptions": [t.description for t in tasks],
-            "positions": list(range(len(tasks))),
-        },
-    ).fetchall()
-    return [r["id"] for r in created], list_tasks(conn, plan_id)
+    return {
+        "plan_id": plan_id,
+        "keys": [t.key for t in tasks],
+        "titles": [t.title for t in tasks],
+        "descriptions": [t.description for t in tasks],
+        "positions": list(range(len(tasks))),
+    }
