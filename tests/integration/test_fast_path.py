@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from redis.connection import AbstractConnection
 from rq.job import Job, JobStatus
-from support import Processes, child_pids, inject_fault, wait_until
+from support import Processes, child_pids, count_thread_starts, inject_fault, wait_until
 
 from phase1 import approval, events, executions, plans, staging
 from phase1.context import Phase1, install_worker_context
@@ -294,3 +294,41 @@ def test_a_stop_signal_between_pop_and_start_puts_the_job_back(
     assert _rq_state(ctx)[1:] == (1, 0, 0)  # queued, nothing in the intermediate list or started
     job = Job.fetch(job_id, connection=ctx.redis, serializer=queue.serializer)
     assert job.get_status() == JobStatus.QUEUED
+
+
+def test_jobs_start_no_threads_of_their_own(ctx: Phase1, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's heartbeats and its timed `active` event run on the process's one ticker thread:
+    a thread started per job cost milliseconds a job on a busy machine."""
+    starts = count_thread_starts(monkeypatch)
+    threads_of_a_burst = {}
+    for jobs in (1, 11):
+        for plan_id in make_plans(ctx, jobs):
+            approval.approve(ctx, plan_id)
+        starts.clear()
+        drain(ctx)
+        threads_of_a_burst[jobs] = sorted(starts)
+    # The worker's own threads (and the ticker, once a process), whatever the job count.
+    assert len(threads_of_a_burst[11]) <= len(threads_of_a_burst[1]) <= 2, threads_of_a_burst
+
+
+def test_the_beat_after_a_pop_rides_with_the_jobs_start(
+    ctx: Phase1, round_trips: RoundTrips
+) -> None:
+    """RQ's dequeue beats right after popping a job; the started pipeline beats a moment later,
+    so that beat is left to it (once per pop: a popped job that never starts delays one)."""
+    from phase1 import taking
+
+    install_worker_context(ctx)
+    worker = build_worker(ctx, name=f"fast-{uuid.uuid4().hex[:8]}")
+    ctx.redis.ping()  # connected
+    try:
+        taking.popped = (ctx.queue().key, "some-job", False)
+        worker._housekept_at = 0.0  # a beat is due
+        start = round_trips.count
+        worker.heartbeat()
+        assert round_trips.count == start  # deferred to the job's start
+        worker.heartbeat()
+        assert round_trips.count == start + 1  # the same pop defers no more than once
+        assert worker.connection.hget(worker.key, "last_heartbeat") is not None
+    finally:
+        taking.popped = None
