@@ -286,8 +286,14 @@ class FreezableProxy:
         self.frozen.clear()
 
     def close(self) -> None:
+        """Stop accepting and close every forwarded connection: a pump thread that outlived
+        the proxy would otherwise drop the last reference to an open socket when it ends,
+        and its ResourceWarning lands in whatever test runs then."""
         self.frozen.clear()
         self.sock.close()
+        for sock in self.open:
+            with contextlib.suppress(OSError):
+                sock.close()
         for sock in self.open:
             sock.close()
 
