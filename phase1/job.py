@@ -52,9 +52,11 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     plan_id = str(payload.planId)
 
     with ctx.read() as conn:  # autocommit: the start marker is one round trip
-        attempt = work.open_attempt(conn, job.id, job.worker_name, job.retries_left or 0)
-        row = executions.get(conn, job.id) if attempt is None else None
-    if attempt is None:
+        started = work.open_attempt(
+            conn, job.id, payload.planId, job.worker_name, job.retries_left or 0
+        )
+        row = executions.get(conn, job.id) if started is None else None
+    if started is None:
         if row is None:
             raise PermanentJobError(f"job {job.id} has no execution row in PostgreSQL")
         log.info("job %s already completed; a repeated run changes nothing", job.id)
@@ -62,10 +64,11 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
 
     # `job:active` goes out with the outcome when that comes within ACTIVE_LAG (one round
     # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
+    attempt = started.attempt
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
-    with ctx.transaction() as conn:
-        outcome = work.create_tasks(conn, job.id, payload.planId, attempt)
+    with ctx.read() as conn:  # the transaction is one message (phase1.work)
+        outcome = work.create_tasks(conn, job.id, started, payload.planId)
     result = outcome.result
     if not outcome.ran:
         return result

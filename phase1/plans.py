@@ -29,14 +29,15 @@ SELECT * FROM marketplace_tasks WHERE plan_id = %(plan_id)s AND phase = 1
 ORDER BY position, created_at
 """
 # ON CONFLICT on the (plan, phase, key) constraint is what makes the function idempotent.
-SQL_INSERT_TASKS_ONLY = """
+# (`{guard}`: a WHERE clause of phase1.work's, or nothing.)
+SQL_INSERT_TASKS_GUARDED = """
 INSERT INTO marketplace_tasks (id, plan_id, phase, task_key, title, description, position)
 SELECT gen_random_uuid(), %(plan_id)s, 1, t.key, t.title, t.description, t.position
 FROM unnest(%(keys)s::text[], %(titles)s::text[], %(descriptions)s::text[], %(positions)s::int[])
      AS t(key, title, description, position)
-ON CONFLICT ON CONSTRAINT uq_task_key_per_plan DO NOTHING
+{guard}ON CONFLICT ON CONSTRAINT uq_task_key_per_plan DO NOTHING
 """
-SQL_INSERT_TASKS = SQL_INSERT_TASKS_ONLY + "RETURNING id\n"
+SQL_INSERT_TASKS = SQL_INSERT_TASKS_GUARDED.format(guard="") + "RETURNING id\n"
 
 
 def parse_uuid(value: str, what: str = "plan id") -> UUID:

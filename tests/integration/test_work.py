@@ -1,14 +1,20 @@
-"""The Phase 1 job's PostgreSQL work in five round trips (phase1.work), on a real PostgreSQL:
+"""The Phase 1 job's PostgreSQL work in four round trips (phase1.work), on a real PostgreSQL:
 it writes what the one-statement-per-step version writes, and keeps its idempotency."""
 
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
+from http_support import FreezableProxy, pg_address, via_proxy
+from psycopg.pq import TransactionStatus
+from support import inject_fault
 
-from phase1 import executions, plans, work
+from phase1 import db, executions, plans, work
 from phase1.context import Phase1
 from phase1.errors import PermanentJobError
 from phase1.schemas import SAMPLE_ANALYSIS
@@ -26,12 +32,17 @@ def pending_job(ctx: Phase1, analysis: dict[str, Any] = SAMPLE_ANALYSIS) -> tupl
     return job_id, plan.id
 
 
-def run(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> tuple[int, work.Outcome]:
+def start(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> work.Started:
     with ctx.read() as conn:
-        attempt = work.open_attempt(conn, job_id, "w1", 3)
-    assert attempt is not None
-    with ctx.transaction() as conn:
-        return attempt, work.create_tasks(conn, job_id, plan_id, attempt)
+        started = work.open_attempt(conn, job_id, plan_id, "w1", 3)
+    assert started is not None
+    return started
+
+
+def run(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> tuple[int, work.Outcome]:
+    started = start(ctx, job_id, plan_id)
+    with ctx.read() as conn:
+        return started.attempt, work.create_tasks(conn, job_id, started, plan_id)
 
 
 def test_it_writes_what_one_statement_per_step_writes(ctx: Phase1) -> None:
@@ -75,13 +86,12 @@ def test_tasks_already_there_are_kept_and_listed_in_order(ctx: Phase1) -> None:
 
 def test_a_job_a_concurrent_run_completed_is_left_alone(ctx: Phase1) -> None:
     job_id, plan_id = pending_job(ctx)
-    with ctx.read() as conn:
-        attempt = work.open_attempt(conn, job_id, "w1", 3)
-    assert attempt == 1
+    started = start(ctx, job_id, plan_id)
+    assert started.attempt == 1
     # Another run completes the job between this run's start and its work.
     _, other = run(ctx, job_id, plan_id)
-    with ctx.transaction() as conn:
-        outcome = work.create_tasks(conn, job_id, plan_id, attempt)
+    with ctx.read() as conn:
+        outcome = work.create_tasks(conn, job_id, started, plan_id)
         tasks = plans.list_tasks(conn, plan_id)
         attempts = executions.attempts(conn, job_id)
     assert not outcome.ran and outcome.result == other.result
@@ -89,7 +99,7 @@ def test_a_job_a_concurrent_run_completed_is_left_alone(ctx: Phase1) -> None:
     # The other run's start closed attempt 1 as lost (phase1.executions.SQL_START_ATTEMPT).
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "completed")]
     with ctx.read() as conn:  # and a run of a completed job opens no attempt
-        assert work.open_attempt(conn, job_id, "w1", 3) is None
+        assert work.open_attempt(conn, job_id, plan_id, "w1", 3) is None
 
 
 @pytest.mark.parametrize(
@@ -116,3 +126,56 @@ def test_a_missing_plan_or_a_bad_analysis_is_permanent_and_writes_nothing(
         ).fetchone()
     assert row is not None and row["status"] == "active" and row["result"] is None
     assert count is not None and count["n"] == 0
+
+
+def test_a_failure_inside_the_transaction_rolls_it_all_back(ctx: Phase1) -> None:
+    """The transaction goes as one message; a statement failing in it skips the rest (its
+    COMMIT too): nothing is written and the connection goes back to the pool usable."""
+    job_id, plan_id = pending_job(ctx)
+    inject_fault(ctx.settings.database_url or "", plan_id, fail_times=1)
+    started = start(ctx, job_id, plan_id)
+    with pytest.raises(psycopg.errors.RaiseException, match="injected fault"), ctx.read() as conn:
+        work.create_tasks(conn, job_id, started, plan_id)
+    with ctx.read() as conn:
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert plans.list_tasks(conn, plan_id) == []
+        row = executions.get(conn, job_id)
+    assert row is not None and row["status"] == "active"
+    _, outcome = run(ctx, job_id, plan_id)  # the next attempt does it all
+    assert outcome.ran and outcome.result["tasksCreated"] == 5
+
+
+class GaveUp(Exception):
+    """What a job timeout is to the job: an exception raised while it waits for PostgreSQL."""
+
+
+def test_work_stuck_on_a_hung_server_never_commits_after_the_job_gave_up(ctx: Phase1) -> None:
+    """COMMIT is sent only once the statements have answered: a message held up on its way
+    (PostgreSQL hung) and given up on by the job rolls back when the server wakes, instead of
+    completing a job whose attempt was already recorded as failed."""
+    job_id, plan_id = pending_job(ctx)
+    started = start(ctx, job_id, plan_id)
+    database_url = ctx.settings.database_url or ""
+    proxy = FreezableProxy(pg_address(database_url))
+
+    def give_up(_signum: int, _frame: object) -> None:
+        raise GaveUp
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    try:
+        conn = db.connect(via_proxy(database_url, proxy.port), autocommit=True)
+        proxy.freeze()
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(GaveUp):
+            work.create_tasks(conn, job_id, started, plan_id)
+        conn.close()  # as the pool closes a connection returned mid-query
+        proxy.thaw()  # the held message reaches the server now
+        time.sleep(1.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        proxy.close()
+    with ctx.read() as check:
+        assert plans.list_tasks(check, plan_id) == []
+        row = executions.get(check, job_id)
+    assert row is not None and row["status"] == "active"
