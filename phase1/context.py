@@ -55,7 +55,8 @@ class Phase1:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[db.Conn]:
-        """A connection for single-statement reads (autocommit: one round trip each)."""
+        """A connection in autocommit for single statements, each its own transaction (one
+        round trip each): polling's read, the approval's one statement."""
         with db.read(self.pool, self.database_url) as conn:
             yield conn
 

@@ -113,8 +113,9 @@ def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
 
 @contextlib.contextmanager
 def read(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
-    """A pooled connection for single-statement reads, outside a transaction block: one round
-    trip per read instead of three (BEGIN, the statement, COMMIT). For the polling route."""
+    """A pooled connection in autocommit, for statements that are each their own transaction:
+    one round trip instead of three (BEGIN, the statement, COMMIT). For the polling route's
+    read and the approval's one statement (whose commit is as durable as any other)."""
     with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
         conn.autocommit = True
         try:
