@@ -64,8 +64,9 @@ def _check_redis(ctx: Phase1) -> None:
         ) from exc
 
 
-# The approval's writes as one statement, its own transaction (run in autocommit: one round
-# trip, the durable commit included, where BEGIN, five statements and COMMIT took seven).
+# The approval's writes as one statement, sent with BEGIN in pipeline mode, then COMMIT: two
+# round trips where BEGIN, four statements and COMMIT took six. (Not autocommit: a statement
+# held up on its way to a hung server would then commit after the request answered 503.)
 # The plan's row lock serialises concurrent approvals as before. A statement reads with the
 # snapshot it started with, so an approval committed while this one waited for the lock shows
 # as the plan `approved` with no execution row seen and none inserted (ON CONFLICT): then
@@ -101,7 +102,7 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
     settings = ctx.settings
     _check_redis(ctx)
     job_id = str(uuid.uuid4())
-    with ctx.read() as conn:  # autocommit: the statement is the transaction
+    with ctx.transaction(pipelined=True) as conn:
         row = conn.execute(
             SQL_APPROVE,
             {

@@ -49,14 +49,13 @@ class Phase1:
         return self._queues[name]
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[db.Conn]:
-        with db.transaction(self.pool, self.database_url) as conn:
+    def transaction(self, *, pipelined: bool = False) -> Iterator[db.Conn]:
+        with db.transaction(self.pool, self.database_url, pipelined=pipelined) as conn:
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[db.Conn]:
-        """A connection in autocommit for single statements, each its own transaction (one
-        round trip each): polling's read, the approval's one statement."""
+        """A connection for single-statement reads (autocommit: one round trip each)."""
         with db.read(self.pool, self.database_url) as conn:
             yield conn
 
