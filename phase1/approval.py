@@ -13,7 +13,14 @@ from redis.exceptions import RedisError
 from phase1 import events, executions, plans
 from phase1 import queue as jobs
 from phase1.context import Phase1
-from phase1.errors import ConflictError, InvalidInputError, PermanentJobError, UnavailableError
+from phase1.db import Row
+from phase1.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermanentJobError,
+    UnavailableError,
+)
 from phase1.schemas import Plan, Task
 from phase1.settings import redact_url
 
@@ -57,6 +64,35 @@ def _check_redis(ctx: Phase1) -> None:
         ) from exc
 
 
+# The approval's writes as one statement, sent with BEGIN in pipeline mode, then COMMIT: two
+# round trips where BEGIN, four statements and COMMIT took six. (Not autocommit: a statement
+# held up on its way to a hung server would then commit after the request answered 503.)
+# The plan's row lock serialises concurrent approvals as before. A statement reads with the
+# snapshot it started with, so an approval committed while this one waited for the lock shows
+# as the plan `approved` with no execution row seen and none inserted (ON CONFLICT): then
+# `approve` takes the step-by-step transaction, whose statements see that commit.
+SQL_APPROVE = """
+WITH plan AS MATERIALIZED (
+  SELECT id, status FROM marketplace_plans WHERE id = %(plan_id)s FOR UPDATE
+), existing AS MATERIALIZED (
+  SELECT job_id, status FROM marketplace_job_executions WHERE plan_id = %(plan_id)s
+), ins AS (
+  INSERT INTO marketplace_job_executions
+    (id, plan_id, job_id, status, attempt_number, queue, max_attempts, progress)
+  SELECT %(id)s, plan.id, %(job_id)s, 'pending', 1, %(queue)s, %(max_attempts)s, 0
+  FROM plan WHERE plan.status <> 'rejected' AND NOT EXISTS (SELECT 1 FROM existing)
+  ON CONFLICT (plan_id) DO NOTHING
+  RETURNING job_id
+), upd AS (
+  UPDATE marketplace_plans p SET status = 'approved', updated_at = NOW()
+  FROM plan, ins WHERE p.id = plan.id AND plan.status <> 'approved'
+)
+SELECT plan.status AS plan_status, existing.job_id, existing.status,
+       ins.job_id IS NOT NULL AS created
+FROM plan LEFT JOIN existing ON TRUE LEFT JOIN ins ON TRUE
+"""
+
+
 def approve(ctx: Phase1, plan_id: UUID) -> Approval:
     """Approve the plan and enqueue its Phase 1 job; idempotent (one job per plan).
 
@@ -65,23 +101,27 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
     """
     settings = ctx.settings
     _check_redis(ctx)
-    with ctx.transaction() as conn:
-        # The row lock serialises concurrent approvals of one plan.
-        plan = plans.get_plan(conn, plan_id, lock=True)
-        if plan.status == "rejected":
-            raise ConflictError(f"plan {plan_id} is rejected and cannot be approved")
-        existing = executions.for_plan(conn, plan_id)
-        if existing is None:
-            if plan.status != "approved":
-                plans.set_plan_status(conn, plan_id, "approved")
-            job_id = str(uuid.uuid4())
-            executions.insert(
-                conn,
-                plan_id=plan_id,
-                job_id=job_id,
-                queue=settings.queue,
-                max_attempts=settings.max_attempts,
-            )
+    job_id = str(uuid.uuid4())
+    with ctx.transaction(pipelined=True) as conn:
+        row = conn.execute(
+            SQL_APPROVE,
+            {
+                "plan_id": plan_id,
+                "id": uuid.uuid4(),
+                "job_id": job_id,
+                "queue": settings.queue,
+                "max_attempts": settings.max_attempts,
+            },
+        ).fetchone()
+    if row is None:
+        raise NotFoundError(f"plan {plan_id} not found")
+    if row["plan_status"] == "rejected":
+        raise ConflictError(f"plan {plan_id} is rejected and cannot be approved")
+    existing: Row | None = None
+    if row["job_id"] is not None:
+        existing = row
+    elif not row["created"]:  # a concurrent approval committed first: see it in steps
+        job_id, existing = _record_in_steps(ctx, plan_id)
     if existing is not None:
         job_id, status = existing["job_id"], existing["status"]
         if status == "failed":
@@ -105,6 +145,31 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
             f"unavailable ({exc.__cause__ or exc}); it will be enqueued once Redis is back"
         ) from exc
     return Approval(job_id=job_id, plan_id=plan_id, status="pending", created=True)
+
+
+def _record_in_steps(ctx: Phase1, plan_id: UUID) -> tuple[str, Row | None]:
+    """The approval's transaction statement by statement (each with a fresh snapshot): the
+    new job's id and None, or the plan's execution row when it has one already."""
+    settings = ctx.settings
+    with ctx.transaction() as conn:
+        # The row lock serialises concurrent approvals of one plan.
+        plan = plans.get_plan(conn, plan_id, lock=True)
+        if plan.status == "rejected":
+            raise ConflictError(f"plan {plan_id} is rejected and cannot be approved")
+        existing = executions.for_plan(conn, plan_id)
+        if existing is not None:
+            return existing["job_id"], existing
+        if plan.status != "approved":
+            plans.set_plan_status(conn, plan_id, "approved")
+        job_id = str(uuid.uuid4())
+        executions.insert(
+            conn,
+            plan_id=plan_id,
+            job_id=job_id,
+            queue=settings.queue,
+            max_attempts=settings.max_attempts,
+        )
+    return job_id, None
 
 
 def reject(ctx: Phase1, plan_id: UUID) -> Plan:

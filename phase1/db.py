@@ -103,12 +103,25 @@ def translate_errors(url: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
-    """One transaction on a pooled connection: committed on success, rolled back on error."""
+def transaction(
+    pool: ConnectionPool[Conn], url: str = "", *, pipelined: bool = False
+) -> Iterator[Conn]:
+    """One transaction on a pooled connection: committed on success, rolled back on error.
+    `pipelined`: in pipeline mode (see `begun`)."""
     with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
-        with conn.transaction():
+        with begun(conn, pipelined=pipelined):
             yield conn
         _last_used[conn] = time.monotonic()
+
+
+@contextlib.contextmanager
+def begun(conn: Conn, *, pipelined: bool = False) -> Iterator[None]:
+    """`conn.transaction()`; `pipelined`: in pipeline mode, where BEGIN goes out with the first
+    statement (one round trip) and COMMIT alone after the block (a second one). Unlike an
+    autocommit statement, the commit is sent only once the statement has answered: a statement
+    stuck on its way (a hung server) never commits after its request gave up on it."""
+    with conn.pipeline() if pipelined else contextlib.nullcontext(), conn.transaction():
+        yield
 
 
 @contextlib.contextmanager

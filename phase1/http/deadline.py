@@ -131,11 +131,11 @@ class GuardedPhase1(Phase1):
     watchdog: Watchdog = field(default_factory=Watchdog)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[db.Conn]:
+    def transaction(self, *, pipelined: bool = False) -> Iterator[db.Conn]:
         with db.translate_errors(self.database_url), self.pool.connection() as conn:
             ok = False
             try:
-                with conn.transaction():
+                with db.begun(conn, pipelined=pipelined):
                     yield conn
                 ok = True
             finally:

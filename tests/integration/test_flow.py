@@ -140,6 +140,51 @@ def test_concurrent_approvals_make_one_job(ctx: Phase1, processes: Processes) ->
     assert task_keys(ctx, plan_id) == SAMPLE_KEYS
 
 
+def test_approval_waiting_on_a_concurrent_one_returns_its_job(ctx: Phase1) -> None:
+    """An approval that waits for the plan's lock while another commits its job: the one
+    statement's snapshot predates that commit, so it must not make a second job but answer
+    the committed one (and enqueue it, as that approval's enqueue is not there yet)."""
+    plan_id = make_plan(ctx)
+    outcome: list[approval.Approval | BaseException] = []
+    with ctx.transaction() as conn:  # the concurrent approval, held open
+        plans.get_plan(conn, plan_id, lock=True)
+        plans.set_plan_status(conn, plan_id, "approved")
+        row = executions.insert(
+            conn, plan_id=plan_id, job_id="held-job", queue=ctx.settings.queue, max_attempts=4
+        )
+
+        def approve() -> None:
+            own = build(ctx.settings)
+            try:
+                outcome.append(approval.approve(own, plan_id))
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                own.close()
+
+        waiter = threading.Thread(target=approve)
+        waiter.start()
+        wait_until(
+            lambda: _waits_for_a_lock(ctx, conn.info.backend_pid), what="the approval waiting"
+        )
+    waiter.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], approval.Approval), outcome
+    assert (outcome[0].job_id, outcome[0].created) == (row["job_id"], False)
+    with ctx.transaction() as conn:
+        assert executions.for_plan(conn, plan_id)["job_id"] == "held-job"  # type: ignore[index]
+    assert jobs.job_in_redis(ctx, "held-job") and ctx.queue().count == 1
+
+
+def _waits_for_a_lock(ctx: Phase1, holder_pid: int) -> bool:
+    with ctx.transaction() as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_locks WHERE NOT granted "
+            "AND %s = ANY(pg_blocking_pids(pid))",
+            (holder_pid,),
+        ).fetchone()
+    return bool(row and row["n"])
+
+
 def test_rejected_plan_cannot_be_approved(ctx: Phase1) -> None:
     plan_id = make_plan(ctx)
     assert approval.reject(ctx, plan_id).status == "rejected"
