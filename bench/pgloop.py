@@ -43,10 +43,10 @@ def run_job(
 ) -> None:
     job_id, plan_id = job
     if variant == "job":  # what run_phase1_job does (phase1.work), on pooled connections
-        with db.read(pool) as conn:
+        with db.transaction(pool) as conn:
             started = work.open_attempt(conn, job_id, plan_id, "pgloop", 3)
         assert started is not None
-        with db.read(pool) as conn:
+        with db.transaction(pool) as conn:
             work.create_tasks(conn, job_id, started, plan_id)
     elif variant == "statements":  # one statement per step, as before phase1.work
         with db.transaction(pool) as conn:

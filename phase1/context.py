@@ -49,8 +49,8 @@ class Phase1:
         return self._queues[name]
 
     @contextlib.contextmanager
-    def transaction(self, *, pipelined: bool = False) -> Iterator[db.Conn]:
-        with db.transaction(self.pool, self.database_url, pipelined=pipelined) as conn:
+    def transaction(self) -> Iterator[db.Conn]:
+        with db.transaction(self.pool, self.database_url) as conn:
             yield conn
 
     @contextlib.contextmanager

@@ -103,25 +103,18 @@ def translate_errors(url: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def transaction(
-    pool: ConnectionPool[Conn], url: str = "", *, pipelined: bool = False
-) -> Iterator[Conn]:
+def transaction(pool: ConnectionPool[Conn], url: str = "") -> Iterator[Conn]:
     """One transaction on a pooled connection: committed on success, rolled back on error.
-    `pipelined`: in pipeline mode (see `begun`)."""
+
+    BEGIN, the statements and COMMIT each go out on their own (prepared statements, in the
+    extended protocol): measured here, psycopg's pipeline mode, or BEGIN and the statements
+    sent as one message, cost more than the round trips they save. COMMIT never goes out
+    before the statements have answered, so work held up by a hung server and given up on
+    rolls back (an autocommit statement would commit when the server wakes)."""
     with translate_errors(url or str(pool.conninfo)), pool.connection() as conn:
-        with begun(conn, pipelined=pipelined):
+        with conn.transaction():
             yield conn
         _last_used[conn] = time.monotonic()
-
-
-@contextlib.contextmanager
-def begun(conn: Conn, *, pipelined: bool = False) -> Iterator[None]:
-    """`conn.transaction()`; `pipelined`: in pipeline mode, where BEGIN goes out with the first
-    statement (one round trip) and COMMIT alone after the block (a second one). Unlike an
-    autocommit statement, the commit is sent only once the statement has answered: a statement
-    stuck on its way (a hung server) never commits after its request gave up on it."""
-    with conn.pipeline() if pipelined else contextlib.nullcontext(), conn.transaction():
-        yield
 
 
 @contextlib.contextmanager

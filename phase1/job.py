@@ -51,7 +51,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     ctx = context.for_worker_process()
     plan_id = str(payload.planId)
 
-    with ctx.read() as conn:  # autocommit: the start marker is one round trip
+    with ctx.transaction() as conn:
         started = work.open_attempt(
             conn, job.id, payload.planId, job.worker_name, job.retries_left or 0
         )
@@ -67,7 +67,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     attempt = started.attempt
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
-    with ctx.read() as conn:  # the transaction is one message (phase1.work)
+    with ctx.transaction() as conn:
         outcome = work.create_tasks(conn, job.id, started, payload.planId)
     result = outcome.result
     if not outcome.ran:

@@ -131,11 +131,11 @@ class GuardedPhase1(Phase1):
     watchdog: Watchdog = field(default_factory=Watchdog)
 
     @contextlib.contextmanager
-    def transaction(self, *, pipelined: bool = False) -> Iterator[db.Conn]:
+    def transaction(self) -> Iterator[db.Conn]:
         with db.translate_errors(self.database_url), self.pool.connection() as conn:
             ok = False
             try:
-                with db.begun(conn, pipelined=pipelined):
+                with conn.transaction():
                     yield conn
                 ok = True
             finally:

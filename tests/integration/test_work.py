@@ -1,4 +1,4 @@
-"""The Phase 1 job's PostgreSQL work in four round trips (phase1.work), on a real PostgreSQL:
+"""The Phase 1 job's PostgreSQL work in seven round trips (phase1.work), on a real PostgreSQL:
 it writes what the one-statement-per-step version writes, and keeps its idempotency."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def pending_job(ctx: Phase1, analysis: dict[str, Any] = SAMPLE_ANALYSIS) -> tupl
 
 
 def start(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> work.Started:
-    with ctx.read() as conn:
+    with ctx.transaction() as conn:
         started = work.open_attempt(conn, job_id, plan_id, "w1", 3)
     assert started is not None
     return started
@@ -41,7 +41,7 @@ def start(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> work.Started:
 
 def run(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> tuple[int, work.Outcome]:
     started = start(ctx, job_id, plan_id)
-    with ctx.read() as conn:
+    with ctx.transaction() as conn:
         return started.attempt, work.create_tasks(conn, job_id, started, plan_id)
 
 
@@ -90,7 +90,7 @@ def test_a_job_a_concurrent_run_completed_is_left_alone(ctx: Phase1) -> None:
     assert started.attempt == 1
     # Another run completes the job between this run's start and its work.
     _, other = run(ctx, job_id, plan_id)
-    with ctx.read() as conn:
+    with ctx.transaction() as conn:
         outcome = work.create_tasks(conn, job_id, started, plan_id)
         tasks = plans.list_tasks(conn, plan_id)
         attempts = executions.attempts(conn, job_id)
@@ -98,7 +98,7 @@ def test_a_job_a_concurrent_run_completed_is_left_alone(ctx: Phase1) -> None:
     assert len(tasks) == 5
     # The other run's start closed attempt 1 as lost (phase1.executions.SQL_START_ATTEMPT).
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "completed")]
-    with ctx.read() as conn:  # and a run of a completed job opens no attempt
+    with ctx.transaction() as conn:  # and a run of a completed job opens no attempt
         assert work.open_attempt(conn, job_id, plan_id, "w1", 3) is None
 
 
@@ -129,12 +129,15 @@ def test_a_missing_plan_or_a_bad_analysis_is_permanent_and_writes_nothing(
 
 
 def test_a_failure_inside_the_transaction_rolls_it_all_back(ctx: Phase1) -> None:
-    """The transaction goes as one message; a statement failing in it skips the rest (its
-    COMMIT too): nothing is written and the connection goes back to the pool usable."""
+    """A statement failing rolls back the whole transaction: nothing is written, and the
+    connection goes back to the pool usable."""
     job_id, plan_id = pending_job(ctx)
     inject_fault(ctx.settings.database_url or "", plan_id, fail_times=1)
     started = start(ctx, job_id, plan_id)
-    with pytest.raises(psycopg.errors.RaiseException, match="injected fault"), ctx.read() as conn:
+    with (
+        pytest.raises(psycopg.errors.RaiseException, match="injected fault"),
+        ctx.transaction() as conn,
+    ):
         work.create_tasks(conn, job_id, started, plan_id)
     with ctx.read() as conn:
         assert conn.info.transaction_status == TransactionStatus.IDLE
@@ -150,7 +153,7 @@ class GaveUp(Exception):
 
 
 def test_work_stuck_on_a_hung_server_never_commits_after_the_job_gave_up(ctx: Phase1) -> None:
-    """COMMIT is sent only once the statements have answered: a message held up on its way
+    """COMMIT is sent only once the statements have answered: work held up on its way
     (PostgreSQL hung) and given up on by the job rolls back when the server wakes, instead of
     completing a job whose attempt was already recorded as failed."""
     job_id, plan_id = pending_job(ctx)
@@ -163,7 +166,8 @@ def test_work_stuck_on_a_hung_server_never_commits_after_the_job_gave_up(ctx: Ph
 
     previous = signal.signal(signal.SIGALRM, give_up)
     try:
-        conn = db.connect(via_proxy(database_url, proxy.port), autocommit=True)
+        conn = db.connect(via_proxy(database_url, proxy.port))
+        conn.execute("SELECT 1")  # in a transaction now: BEGIN has been answered
         proxy.freeze()
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(GaveUp):
