@@ -14,18 +14,18 @@ from redis.exceptions import RedisError
 from rq.job import Job
 
 from phase1 import keys, staging, webhooks
+from phase1.eventtypes import ACTIVE as ACTIVE
+from phase1.eventtypes import COMPLETED as COMPLETED
+from phase1.eventtypes import ENQUEUED as ENQUEUED
+from phase1.eventtypes import FAILED as FAILED
+from phase1.eventtypes import PROGRESS as PROGRESS
+from phase1.eventtypes import REQUEUED as REQUEUED
+from phase1.eventtypes import TYPES as TYPES
 from phase1.schemas import Event
 from phase1.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ENQUEUED = "job:enqueued"
-ACTIVE = "job:active"
-PROGRESS = "job:progress"
-COMPLETED = "job:completed"
-FAILED = "job:failed"
-REQUEUED = "job:requeued"
-TYPES = (ENQUEUED, ACTIVE, PROGRESS, COMPLETED, FAILED, REQUEUED)
 ALL = "*"
 
 Handler = Callable[[Event], None]

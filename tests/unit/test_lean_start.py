@@ -71,6 +71,37 @@ def test_phase1_worker_runs_without_the_cli_libraries() -> None:
     assert "phase1.cli.root" not in loaded and "phase1.cli.common" not in loaded
 
 
+def test_reading_the_settings_loads_neither_psycopg_nor_the_event_modules() -> None:
+    loaded = loaded_after(
+        """
+        from phase1.settings import load_settings
+        load_settings(webhook_events="job:completed")
+        """
+    )
+    assert "psycopg" not in loaded
+    assert not {"phase1.events", "phase1.webhooks", "phase1.schemas"} & loaded
+
+
+def test_a_worker_start_compiles_no_tokenizer() -> None:
+    # pydantic reads a builtin default_factory's signature through tokenize, whose regexes
+    # take ~10 ms to compile; a worker's start needs none of it.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import phase1.worker, tokenize\n"
+            "from phase1.settings import load_settings\n"
+            "load_settings()\n"
+            "print(tokenize._compile.cache_info().misses)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert out.strip().splitlines()[-1] == "0"
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
