@@ -205,34 +205,26 @@ def compile_phase1() -> None:
 def run(env: BenchEnv) -> tuple[list[Row], dict[str, Any]]:
     compile_phase1()
     rows, raw = [], {}
-    for real in (False, True):
-        results = alternate(KINDS, env.reps, lambda kind, _r, real=real: first_job(env, kind, real))
-        raw["phase1 job" if real else "no-op job"] = results
-        ms = {kind: median(values) for kind, values in results.items()}
-        row = Row(
-            "start",
-            f"process start → first job done ({'Phase 1 job' if real else 'no-op job'})",
-            "ms",
-            ms["phase1"],
-            ms["rq_worker"],
-            ms["rq_simple"],
-            higher_is_better=False,
-        )
-        rows.append(goal(row, at_most=250))
-    for real in (False, True):
-        results = alternate(
-            KINDS, env.reps, lambda kind, _r, real=real: supervised_first_job(env, kind, real)
-        )
-        raw["supervised, " + ("phase1 job" if real else "no-op job")] = results
-        ms = {kind: median(values) for kind, values in results.items()}
-        row = Row(
-            "start",
-            f"supervised restart: fork → first job done ({'Phase 1 job' if real else 'no-op job'})",
-            "ms",
-            ms["phase1"],
-            ms["rq_worker"],
-            ms["rq_simple"],
-            higher_is_better=False,
-        )
-        rows.append(goal(row, at_most=250))
+    measures = (
+        ("", "process start", first_job),
+        ("supervised, ", "supervised restart: fork", supervised_first_job),
+    )
+    for prefix, label, measure in measures:
+        for real in (False, True):
+            job = "Phase 1 job" if real else "no-op job"
+            results = alternate(
+                KINDS, env.reps, lambda kind, _r, real=real, m=measure: m(env, kind, real)
+            )
+            raw[prefix + ("phase1 job" if real else "no-op job")] = results
+            ms = {kind: median(values) for kind, values in results.items()}
+            row = Row(
+                "start",
+                f"{label} → first job done ({job})",
+                "ms",
+                ms["phase1"],
+                ms["rq_worker"],
+                ms["rq_simple"],
+                higher_is_better=False,
+            )
+            rows.append(goal(row, at_most=250))
     return rows, raw

@@ -162,19 +162,13 @@ def for_plan(conn: Conn, plan_id: UUID) -> Row | None:
 
 
 def start_attempt(
-    conn: Conn,
-    job_id: str,
-    worker: str | None,
-    retries_left: int | None = None,
-    *,
-    durable: bool = True,
+    conn: Conn, job_id: str, worker: str | None, retries_left: int | None = None
 ) -> int | None:
     """Mark the job active and open its next attempt; None when it is already completed
     (or unknown). With `retries_left` (RQ's count), `max_attempts` follows the real budget.
-    `durable=False`: the transaction commits without waiting for the WAL flush."""
+    (The job itself does this with phase1.work.open_attempt.)"""
     row = conn.execute(
-        SQL_START_ATTEMPT if durable else SQL_START_ATTEMPT_ASYNC,
-        {"job_id": job_id, "worker": worker, "retries_left": retries_left},
+        SQL_START_ATTEMPT, {"job_id": job_id, "worker": worker, "retries_left": retries_left}
     ).fetchone()
     return None if row is None else int(row["attempt"])
 
