@@ -38,17 +38,6 @@ def beat(redis: Redis | Pipeline, queue: str, job_id: str) -> None:
     redis.zadd(keys.heartbeats(queue), {job_id: time.time()})
 
 
-# The job whose first beat its worker sent with the job's `started` state (Phase1Worker).
-_first_beat_sent: str | None = None
-
-
-def first_beat_in(pipeline: Pipeline, queue: str, job_id: str) -> None:
-    """For the worker: put the job's first beat in the pipeline that marks it started."""
-    global _first_beat_sent
-    beat(pipeline, queue, job_id)
-    _first_beat_sent = job_id
-
-
 def _beat_quietly(redis: Redis, queue: str, job_id: str) -> None:
     try:
         beat(redis, queue, job_id)
@@ -60,13 +49,11 @@ def _beat_quietly(redis: Redis, queue: str, job_id: str) -> None:
 def beating(redis: Redis, queue: str, job_id: str, interval: float) -> Iterator[None]:
     """Beat for `job_id` from the process's ticker thread while the block runs.
 
+    The first beat comes after `interval`: until then the execution RQ created when it
+    started the job (its `created_at`) is the sign of life the sweep reads.
     The last beat is stamped on the way out and left in place: RQ still has to record the
     outcome, and the sweep must not take that moment for a death. The sweep prunes it later.
     """
-    global _first_beat_sent
-    if _first_beat_sent != job_id:
-        _beat_quietly(redis, queue, job_id)
-    _first_beat_sent = None
     beats = ticker.call_every(interval, functools.partial(_beat_quietly, redis, queue, job_id))
     try:
         yield

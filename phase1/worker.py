@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
+from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
-from phase1 import heartbeat, keys, reconcile, shutdown, sweep
+from phase1 import keys, reconcile, shutdown, sweep
 from phase1.checks import run_startup_checks
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
 from phase1.errors import UnavailableError
@@ -34,7 +35,6 @@ from phase1.settings import redact_url
 from phase1.supervisor import supervise
 
 if TYPE_CHECKING:
-    from redis.client import Pipeline
     from rq.executions import Execution
     from rq.queue import Queue
 
@@ -256,20 +256,18 @@ class Phase1Worker(_Phase1Base, FastWorker):
     Usable from plain rq too: `rq worker -w phase1.worker.Phase1Worker ...`.
     """
 
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        """How long the job's execution counts as alive without news. Nothing refreshes it
-        while an in-process job runs, so it must cover the attempt (bounded by the job
-        timeout) and its failure callback; RQ adds 60 s to the timeout, which left a killed
-        worker's job `started` for over a minute before cleanup could see it."""
-        timeout = job.timeout or DEFAULT_JOB_TIMEOUT
-        if timeout < 0:
-            return int(super().get_heartbeat_ttl(job, working_time))
-        return int(timeout + max(CALLBACK_TIMEOUT, timeout) + HEARTBEAT_MARGIN)
-
-    def stage_job_start(self, job: Job, pipeline: Pipeline) -> None:
-        """A Phase 1 job's first heartbeat goes out with its `started` state."""
-        if job.func_name == keys.JOB_FUNC:
-            heartbeat.first_beat_in(pipeline, job.origin, job.id)
+    # How long the job's execution counts as alive without news (FastWorker's rule: timeout +
+    # max(10, timeout) + 10). Nothing refreshes it while an in-process job runs, so it must
+    # cover the attempt (bounded by the job timeout) and its failure callback; RQ adds 60 s to
+    # the timeout, which left a killed worker's job `started` for over a minute before
+    # cleanup could see it.
+    heartbeat_ttl_rule = (
+        DEFAULT_JOB_TIMEOUT,
+        1,
+        CALLBACK_TIMEOUT,
+        HEARTBEAT_MARGIN,
+        DEFAULT_WORKER_TTL,
+    )
 
     def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
         return [(after, shutdown.interrupt_main_thread), (HARD_EXIT_GRACE, self._give_up)]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -332,3 +333,12 @@ def count_thread_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(threading.Thread, "start", counting)
     return starts
+
+
+class RoundTrips:
+    """Redis round trips of this process, counted as the benchmark counts them (every write
+    of a request to a Redis socket)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()

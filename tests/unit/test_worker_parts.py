@@ -88,6 +88,26 @@ def test_remembered_serializers_answer_as_rq_does() -> None:
         assert fastworker.resolve_serializer(given) is rq_resolve(given)  # from the memory
     with pytest.raises(NotImplementedError):
         fastworker.resolve_serializer(object())
-    fastworker._remember_serializers()
+    fastworker._speed_up_rq()
     assert rq.job.resolve_serializer is fastworker.resolve_serializer
     assert rq.serializers.resolve_serializer is rq_resolve  # RQ's own stays as it was
+
+
+def test_rqs_timestamps_read_as_rq_reads_them() -> None:
+    """fastworker.str_to_date (fromisoformat for RQ's own format) answers as RQ's does."""
+    from rq.utils import str_to_date as rq_str_to_date
+
+    from phase1 import fastworker
+
+    for text in (
+        "2026-11-28T18:32:10.410070Z",
+        b"2026-11-28T18:32:10.000000Z",
+        "2026-11-28T18:32:10Z",  # RQ's older format: RQ's own parser
+    ):
+        assert fastworker.str_to_date(text) == rq_str_to_date(text)
+        assert fastworker.str_to_date(text).tzinfo == rq_str_to_date(text).tzinfo
+    for bad in ("", "2026-11-28 18:32:10.410070Z", "not a dateXXXXXXXXXXXXXXXXXZ"):
+        with pytest.raises(ValueError):
+            rq_str_to_date(bad)
+        with pytest.raises(ValueError):
+            fastworker.str_to_date(bad)

@@ -1,0 +1,167 @@
+"""The lane (phase1.lane): a plain job's success and the next job's start in one Lua call.
+
+On a real Redis, with RQ's own SimpleWorker as the reference for what must be left behind."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Callback, Queue, Retry, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+from support import RoundTrips
+
+from phase1.fastworker import FastWorker
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    connection = Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+def _queue(redis: Redis, name: str) -> Queue:
+    return Queue(name, connection=redis, serializer=JSONSerializer)
+
+
+def _work(worker_class: type[SimpleWorker], queue: Queue, **kwargs: Any) -> SimpleWorker:
+    worker = worker_class(
+        [queue],
+        connection=queue.connection,
+        serializer=JSONSerializer,
+        name=f"lane-{uuid.uuid4().hex[:8]}",
+    )
+    worker.work(burst=True, logging_level="WARNING", **kwargs)
+    return worker
+
+
+def _left_behind(redis: Redis, queue: Queue, job_ids: list[str]) -> list[dict[str, Any]]:
+    """What a finished job leaves in Redis, in a form two workers' runs can be compared in."""
+    now = time.time()
+    finished = dict(
+        FinishedJobRegistry(queue=queue).connection.zrange(
+            FinishedJobRegistry(queue=queue).key, 0, -1, withscores=True
+        )
+    )
+    left = []
+    for job_id in job_ids:
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        fields = {k.decode() for k in redis.hkeys(job.key)}
+        results = redis.xrange(f"rq:results:{job_id}")
+        assert len(results) == 1
+        left.append(
+            {
+                "status": job.get_status(),
+                "fields": sorted(fields),
+                "job ttl": round(redis.ttl(job.key), -1),
+                "result fields": sorted(k.decode() for k in results[0][1]),
+                "result": job.return_value(),
+                "result ttl": round(redis.ttl(f"rq:results:{job_id}"), -1),
+                "finished for": round(finished[job_id.encode()] - now, -1),
+                "executions": redis.zcard(f"rq:executions:{job_id}"),
+                "execution keys": len(redis.keys(f"rq:execution:{job_id}:*")),
+                "started at <= ended at": job.started_at <= job.ended_at,
+            }
+        )
+    return left
+
+
+def test_the_lane_leaves_what_rqs_own_worker_leaves(redis: Redis, queue_name: str) -> None:
+    runs = {}
+    for kind, worker_class in (("rq", SimpleWorker), ("lane", FastWorker)):
+        queue = _queue(redis, f"{queue_name}-{kind}")
+        job_ids = [
+            queue.enqueue("lane_jobs.answer", 7, result_ttl=600).id,
+            queue.enqueue("bench.jobs.noop", result_ttl=600).id,
+            queue.enqueue("lane_jobs.answer", 8, result_ttl=900, ttl=300).id,
+        ]
+        worker = _work(worker_class, queue)
+        runs[kind] = _left_behind(redis, queue, job_ids)
+        assert StartedJobRegistry(queue=queue).count == 0
+        assert redis.scard(f"rq:worker:{worker.name}:executions") == 0
+        stats = redis.hmget(worker.key, ["successful_job_count", "total_working_time"])
+        assert int(stats[0] or 0) == 3 and float(stats[1] or 0) > 0
+    assert runs["lane"] == runs["rq"]
+    assert [r["result"] for r in runs["lane"]] == [{"answer": 7}, None, {"answer": 8}]
+
+
+def test_a_busy_worker_spends_one_round_trip_a_plain_job(
+    redis: Redis, queue_name: str, round_trips: RoundTrips
+) -> None:
+    """Counted against an empty burst (the worker's own start and stop)."""
+    queue = _queue(redis, queue_name)
+    _work(FastWorker, queue)
+    start = round_trips.count
+    _work(FastWorker, queue)
+    fixed = round_trips.count - start
+    jobs = 200
+    with redis.pipeline() as pipe:
+        for _ in range(jobs):
+            queue.enqueue("bench.jobs.noop", result_ttl=600, pipeline=pipe)
+        pipe.execute()
+    start = round_trips.count
+    _work(FastWorker, queue)
+    per_job = (round_trips.count - start - fixed) / jobs
+    assert FinishedJobRegistry(queue=queue).count == jobs
+    # One a job, plus the first job's take and start and a beat a second.
+    assert per_job <= 1.1, per_job
+
+
+def test_a_job_started_for_next_goes_back_as_it_was(redis: Redis, queue_name: str) -> None:
+    """max_jobs=1 ends the burst after the first job, whose success started the second: the
+    second goes back to the front of the queue, as it was before it was taken."""
+    queue = _queue(redis, queue_name)
+    first = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    second = queue.enqueue("lane_jobs.answer", 1, result_ttl=600, ttl=300)
+    third = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    before = redis.hgetall(second.key)
+    worker = _work(FastWorker, queue, max_jobs=1)
+
+    assert first.get_status() == JobStatus.FINISHED
+    assert queue.get_job_ids() == [second.id, third.id]
+    assert redis.hgetall(second.key) == before
+    assert 250 < redis.ttl(second.key) <= 300
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert redis.zcard(f"rq:executions:{second.id}") == 0
+    assert not redis.keys(f"rq:execution:{second.id}:*")
+    assert redis.scard(f"rq:worker:{worker.name}:executions") == 0
+    assert redis.llen(f"{queue.key}:intermediate") == 0
+
+    _work(FastWorker, queue)
+    assert Job.fetch(second.id, connection=redis, serializer=JSONSerializer).return_value() == {
+        "answer": 1
+    }
+
+
+def test_jobs_the_lane_does_not_finish_take_rqs_steps(redis: Redis, queue_name: str) -> None:
+    """A job started for next that is not plain (a success callback, no result kept, a
+    failure, a retry) runs RQ's own success or failure steps."""
+    queue = _queue(redis, queue_name)
+    plain = queue.enqueue("lane_jobs.answer", 1, result_ttl=600)
+    callback = queue.enqueue(
+        "lane_jobs.answer", 2, result_ttl=600, on_success=Callback("lane_jobs.remember")
+    )
+    no_result = queue.enqueue("lane_jobs.answer", 3, result_ttl=0)
+    failing = queue.enqueue("lane_jobs.fail", result_ttl=600)
+    retried = queue.enqueue("lane_jobs.fail", result_ttl=600, retry=Retry(max=1))
+    last = queue.enqueue("lane_jobs.answer", 4, result_ttl=600)
+    _work(FastWorker, queue)
+
+    assert plain.get_status() == JobStatus.FINISHED
+    assert callback.get_status() == JobStatus.FINISHED
+    assert redis.get(f"lane-test:called:{callback.id}") == repr({"answer": 2}).encode()
+    assert not redis.exists(no_result.key)  # result_ttl=0: RQ deletes the job
+    assert failing.get_status() == JobStatus.FAILED
+    retried.refresh()
+    assert retried.get_status() == JobStatus.FAILED and retried.retries_left == 0
+    assert set(FailedJobRegistry(queue=queue).get_job_ids()) == {failing.id, retried.id}
+    assert last.get_status() == JobStatus.FINISHED
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert queue.count == 0 and redis.llen(f"{queue.key}:intermediate") == 0
