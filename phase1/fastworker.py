@@ -1,39 +1,32 @@
 """An in-process RQ worker that writes RQ's own data model in fewer Redis round trips.
 
-`FastWorker` is RQ's `SimpleWorker` (no fork per job) with the bookkeeping of the success
-path folded together; every key, field, registry entry and status it writes is the one RQ's
-own worker writes, so `rq info`, rq-dashboard and a plain `rq worker` beside it stay correct.
-What changes is only *when* and *in how many round trips* they go out:
+`FastWorker` is RQ's `SimpleWorker` (no fork per job); every key, field, registry entry and
+status it writes is the one RQ's own worker writes, so `rq info`, rq-dashboard and a plain
+`rq worker` beside it stay correct. What changes is only *when* and *in how many round
+trips* they go out, and how much Python it takes:
 
-- the execution record (prepare_execution) and the job's `started` state
-  (prepare_job_execution) go out in one pipeline instead of two;
-- the worker's own heartbeat (its hash's `last_heartbeat` and expiries) and the `rq suspend`
-  check run at most every HOUSEKEEPING_S seconds, not two or three times a job: a worker key
-  lives `worker_ttl + 60` seconds (8 minutes by default), so a beat a second is plenty; an
-  `rq suspend` takes effect within that second. The beat RQ's dequeue sends right after
-  popping a job is left to the pipeline that marks the job started;
-- the worker's `state` is written only when it changes (RQ writes `idle` twice a job), and the
-  `idle` after a job rides in the job's own success (or failure) pipeline;
-- the job's `last_heartbeat` at the end of a successful run rides in the success pipeline
-  instead of a round trip of its own;
+- a plain job (no success callback, webhook, repeat or rate limit, its result kept a while)
+  takes the lane (phase1.lane): its success, the start of the next job and the take of the
+  one after are one Lua call (STEP), sent without waiting while the next job runs. A busy
+  worker spends one round trip a job and saves no RQ object per job;
+- other jobs keep RQ's steps, folded: the execution record and the job's `started` state go
+  out in one pipeline, the success bookkeeping (with the next job's take) in one MULTI/EXEC
+  instead of RQ's WATCH, SMEMBERS and MULTI/EXEC (the dependents count is read inside it,
+  and only a job with dependents takes RQ's own `move_dependents_to_ready`);
+- writes a job asks to send once it has succeeded (`after_success`: its last events and its
+  last heartbeat) ride in that same call;
 - taking a job off a queue and reading its hash is one Lua call (TAKE: RQ's LMOVE to the
   queue's intermediate list, for every queue — RQ does so only for a worker of one queue and
   LPOPs otherwise, so a worker dying right after the pop lost the job — then HGETALL) when a
-  job is waiting; an empty queue falls back to RQ's own blocking dequeue;
-- the success bookkeeping is one MULTI/EXEC instead of RQ's WATCH, SMEMBERS and MULTI/EXEC:
-  the transaction reads the job's dependents count (SCARD) atomically with the `finished`
-  status, and only a job that has dependents then takes RQ's own `move_dependents_to_ready`
-  (a dependent enqueued later sees the parent finished, as in RQ);
-- writes a job asks to send once it has succeeded (`after_success`: its last events and its
-  last heartbeat) ride in that same transaction;
-- so does TAKE for the next job: a busy worker spends two round trips a job (started, then
-  success + next). A job taken that way sits in the intermediate list until the worker marks
-  it started; a worker told to stop, or suspended, puts it back at the front of its queue,
-  and one that dies leaves it where RQ's maintenance finds it;
-- per-job log lines go out at DEBUG (one INFO line at start and stop stays);
-- a plain job (no success callback, webhook, repeat or rate limit, a result kept for a while)
-  takes the lane (phase1.lane): its success and the start of the next job are one Lua call,
-  so a busy worker spends one round trip a job, and no RQ object is saved per job.
+  job is waiting; an empty queue falls back to RQ's own blocking dequeue. A job taken ahead
+  sits in the intermediate list (or, started by STEP, in RQ's started registry) until it
+  runs; a worker told to stop, or suspended, puts it back as it was, at the front of its
+  queue; one that dies leaves it where RQ's maintenance (or the orphan sweep) finds it;
+- the worker's own heartbeat and the `rq suspend` check run at most every HOUSEKEEPING_S
+  seconds, not two or three times a job: a worker key lives `worker_ttl + 60` seconds, so a
+  beat a second is plenty; an `rq suspend` takes effect within that second. The worker's
+  `state` is written only when it changes;
+- per-job log lines go out at DEBUG (one INFO line at start and stop stays).
 
 Failures, retries, repeats and rate-limited jobs take RQ's own paths unchanged.
 """
@@ -42,11 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-from uuid import uuid4
 
 import rq.job
 import rq.queue
@@ -56,15 +47,13 @@ import rq.serializers
 import rq.utils
 import rq.worker.base
 from redis.client import Pipeline
-from redis.exceptions import NoScriptError, RedisError
-from rq import SimpleWorker
+from redis.exceptions import RedisError
 from rq.defaults import DEFAULT_WORKER_TTL
-from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
+from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job, JobStatus, Retry
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.suspension import is_suspended
-from rq.timeouts import JobTimeoutException
 from rq.utils import as_text, now, utcformat
 from rq.worker import WorkerStatus
 
@@ -146,7 +135,7 @@ class _JobLinesAtDebug:
             self._log.info(msg, *args, **kwargs)
 
 
-class FastWorker(SimpleWorker):
+class FastWorker(lane.LaneWorker):
     """RQ's SimpleWorker with its per-job Redis bookkeeping in fewer round trips."""
 
     # get_heartbeat_ttl(job) = t + max(extra, t * mult) + add, where t = job.timeout or
@@ -166,24 +155,16 @@ class FastWorker(SimpleWorker):
         if self.queue_class is Queue:  # a queue class of the caller's own is kept
             self.queue_class = taking.FastQueue
         self.log = _JobLinesAtDebug(self.log)  # type: ignore[assignment]
-        self._state_written: str | None = None
-        self._housekept_at = float("-inf")
         self._suspension_checked_at = float("-inf")
         self._prepare_pipeline: Pipeline | None = None
         self._ended_heartbeat: tuple[str, str] | None = None  # (job id, timestamp)
         self._beat_deferred_for: tuple[str, str, bool] | None = None  # taking.popped
-        self._prefetched: tuple[Job, Queue] | None = None  # taken in the last success
-        self._no_take_once = False
-        # Built once, not a job: the worker's queues by key, and TAKE's arguments for an order.
-        self._queues_by_key = {q.key: q for q in self.queues}
+        # Built once, not a job: TAKE's arguments for an order of the queues.
         self._take_call: tuple[tuple[str, ...], list[Any]] = ((), [])
-        self._step_take: tuple[tuple[str, ...], list[Any]] = ((), [])
-        self._next: lane.Started | None = None  # the job a lane step started for next
         # For prepare_job_execution: the job the lane started (its writes are done).
         self._already_started: tuple[str, Execution] | None = None
         # A subclass with a heartbeat TTL of its own (not a rule) keeps RQ's start path.
         self._lane_on = type(self).get_heartbeat_ttl is FastWorker.get_heartbeat_ttl
-        self._worker_executions = WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.name)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         default, mult, extra, add, forever = self.heartbeat_ttl_rule
@@ -236,17 +217,24 @@ class FastWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """SimpleWorker's execute_job: a plain job through the lane (phase1.lane), others with
         prepare_execution's writes left in a pipeline that prepare_job_execution sends."""
+        taken = None
         if self._prefetched is not None and self._prefetched[0].id == job.id:
-            self._prefetched = None  # started now: no longer to hand back
+            taken = self._prefetched_taken  # started now: no longer to hand back
+            self._prefetched, self._prefetched_taken = None, None
+            if self._peeked is not None:  # the one after it is next now
+                peeked, self._peeked = self._peeked, None
+                self._prefetched, self._prefetched_taken = (peeked.job, peeked.queue), peeked
         if taking.popped is not None and taking.popped[1] == job.id:
             taking.popped = None
-        started, self._next = self._next, None
-        plain = self._plain(job)
-        if started is not None and started.job_id == job.id:
-            execution = started.execution
+        plain = self._lane_on and self._plain(job)
+        if taken is not None and taken.execution is not None:
+            execution = taken.execution  # the lane started it
+            if not plain:
+                self._settle()
         elif plain:
             execution = self._lane_start(job)
         else:
+            self._settle()
             self._execute_in_rq_steps(job, queue)
             return
         self.executions[execution.id] = execution
@@ -254,7 +242,7 @@ class FastWorker(SimpleWorker):
         try:
             if plain:
                 self._perform_plain(job, queue, execution)
-            else:  # started for next by the lane, but not plain: RQ's steps from here
+            else:  # started by the lane, but not plain: RQ's steps from here
                 self._already_started = (job.id, execution)
                 self.perform_job(job, queue, execution)
         finally:
@@ -262,8 +250,13 @@ class FastWorker(SimpleWorker):
             self._ended_heartbeat = None
             staging.current = None
             stage.close()
-        if self._next is None:  # else busy with the job started for next
+        if not self._started_next():
             self.set_state(WorkerStatus.IDLE)
+
+    def _started_next(self) -> bool:
+        """Whether the lane has started the job to run next (the worker stays busy)."""
+        taken = self._prefetched_taken
+        return self._prefetched is not None and taken is not None and taken.execution is not None
 
     def _execute_in_rq_steps(self, job: Job, queue: Queue) -> None:
         pipeline = self.connection.pipeline()
@@ -282,188 +275,15 @@ class FastWorker(SimpleWorker):
             pipeline.reset()
             staging.current = None
             stage.close()  # what a path other than plain success left (retry, repeat)
-        if self._next is None:
+        if not self._started_next():
             self.set_state(WorkerStatus.IDLE)
-
-    # -- the lane: a plain job's start, success and the next job's start ------------------
-
-    def _plain(self, job: Job) -> bool:
-        """Whether the job's success is the lane's to record (RQ's steps otherwise)."""
-        return (
-            self._lane_on
-            and not job.repeats_left
-            and not job._success_callback_name
-            and not job.webhooks
-            and not job.has_rate_limit
-            and job.get_result_ttl(self.default_result_ttl) > 0
-        )
-
-    def _lane_start(self, job: Job) -> Execution:
-        """Start a job the worker holds (one STEP)."""
-        moment = time.time()
-        execution = self._execution(job.id, uuid4().hex, moment)
-        intermediate = IntermediateQueue.get_intermediate_queue_key(
-            Queue.redis_queue_namespace_prefix + job.origin
-        )
-        args = self._step_header(moment)
-        args += ["0", "given", job.id, job.key, job.origin, self.get_heartbeat_ttl(job)]
-        args += [intermediate, execution.id]
-        self._step(args, [])
-        self._state_written = self._state = WorkerStatus.BUSY
-        return execution
-
-    def _execution(self, job_id: str, execution_id: str, moment: float) -> Execution:
-        execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
-        execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(moment, UTC)
-        return execution
-
-    def _step_header(self, moment: float) -> list[Any]:
-        stamp = utcformat(datetime.fromtimestamp(moment, UTC))
-        self._housekept_at = time.monotonic()  # every start beats for the worker too
-        return lane.header(moment, stamp, self.key, self.name, self._worker_executions)
-
-    def _step(self, args: list[Any], staged: list[staging.Staged]) -> Any:
-        """Run STEP (with the job's staged writes after it, in one MULTI/EXEC)."""
-        if not staged:
-            try:
-                return self.connection.evalsha(lane.STEP_SHA, 0, *args)
-            except NoScriptError:  # a Redis restarted or flushed: load it (nothing was written)
-                self.connection.script_load(lane.STEP)
-                return self.connection.evalsha(lane.STEP_SHA, 0, *args)
-        with self.connection.pipeline(transaction=True) as pipe:
-            pipe.evalsha(lane.STEP_SHA, 0, *args)
-            for write, _ in staged:
-                write(pipe)
-            results = pipe.execute(raise_on_error=False)
-        errors = [r for r in results[1:] if isinstance(r, Exception)]
-        if isinstance(results[0], NoScriptError):  # the staged writes went: STEP alone
-            self.connection.script_load(lane.STEP)
-            results[0] = self.connection.evalsha(lane.STEP_SHA, 0, *args)
-        elif isinstance(results[0], Exception):
-            raise results[0]
-        if errors:
-            raise errors[0]
-        return results[0]
-
-    def _perform_plain(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """RQ's perform_job for a job already started, with the success in one STEP."""
-        self._mark_started(job, execution)
-        try:
-            job.started_at = now()
-            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
-                value = job.perform()
-            if isinstance(value, Retry):
-                self._finalize_success(job, queue, execution, value)
-                return
-            job.ended_at = job.last_heartbeat = now()
-            job._result = value
-            job._status = JobStatus.FINISHED
-            self._finish_plain(job, queue, execution, value)
-        except:  # noqa: E722 -- as RQ's perform_job: anything raised fails the job
-            self._finalize_failure(job, queue, execution, sys.exc_info())
-
-    def _mark_started(self, job: Job, execution: Execution) -> None:
-        """What RQ's prepare_for_execution sets on the job, the lane having written it."""
-        job.worker_name = self.name
-        job.last_heartbeat = job.started_at = execution.created_at
-        job._status = JobStatus.STARTED
-
-    def _finish_plain(self, job: Job, queue: Queue, execution: Execution, value: Any) -> None:
-        stage = staging.current
-        staged = stage.take() if stage is not None else []
-        assert job.started_at is not None and job.ended_at is not None
-        ended = utcformat(job.ended_at)
-        moment = time.time()
-        args = self._step_header(moment)
-        args += ["1", job.id, job.key, job.origin, execution.id]
-        args += [job.get_result_ttl(self.default_result_ttl), ended]
-        args += [repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp())]
-        args += [lane.encoded(value, self.serializer)]
-        args += [repr((job.ended_at - job.started_at).total_seconds())]
-        args += [job.dependents_key, job.dependencies_key]
-        next_execution = uuid4().hex
-        args += self._step_take_args(next_execution) if self._take_next() else ["none"]
-        try:
-            answer = self._step(args, staged)
-        except BaseException:
-            if stage is not None:  # not sent: the failure path sends them
-                stage.restage(staged)
-            raise
-        self.executions.pop(execution.id, None)
-        self._state_written = self._state = WorkerStatus.IDLE
-        if len(answer) > 1:
-            self._keep_started(answer, next_execution, moment)
-        for _, then in staged:
-            if then is not None:
-                then()
-        if answer[0]:  # dependents: RQ's own (WATCHed) move, now that this one is finished
-            queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(job))
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug("Successfully completed job %s on worker %s", job.id, self.name)
-
-    def _take_next(self) -> bool:
-        if self._no_take_once:
-            self._no_take_once = False
-            return False
-        return not (
-            self._stop_requested
-            or self._prefetched is not None
-            or not taking.can_take(self.connection)
-        )
-
-    def _step_take_args(self, execution_id: str) -> list[Any]:
-        order = tuple(q.key for q in self._ordered_queues)
-        if self._step_take[0] != order:  # RQ may reorder its queues (other dequeue strategies)
-            keys, args = taking.take_args(list(self._ordered_queues), self.job_class)
-            pairs = [x for pair in zip(keys, args[1:], strict=True) for x in pair]
-            rule = list(self.heartbeat_ttl_rule)
-            self._step_take = (order, [args[0], *rule, len(keys), *pairs])
-        return ["take", execution_id, *self._step_take[1]]
-
-    def _keep_started(self, answer: Any, execution_id: str, moment: float) -> None:
-        """Hold the job STEP took and started for next, as the next dequeue's answer."""
-        _, queue_key, job_id, flat, ttl, pttl = answer
-        queue_key, job_id = as_text(queue_key), as_text(job_id)
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        started = lane.Started(
-            job_id=job_id,
-            origin=as_text(fields.get(b"origin", b"")),
-            execution=self._execution(job_id, execution_id, moment),
-            queue_key=queue_key,
-            ttl=int(ttl),
-            pttl=int(pttl),
-            before={f: fields[f] for f in lane.STARTED_FIELDS if f in fields},
-        )
-        self._state_written = self._state = WorkerStatus.BUSY
-        try:
-            self._prefetched = self._taken([queue_key, job_id, flat])
-        except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
-            self._unstart(started)
-            self._no_take_once = True
-            return
-        self._next = started
-
-    def _unstart(self, started: lane.Started) -> None:
-        key = self.job_class.key_for(started.job_id)
-        try:
-            self.connection.eval(
-                lane.UNSTART, 0, *lane.unstart_args(started, key, self._worker_executions)
-            )
-            self.log.info(
-                "Worker %s: put job %s back on %s", self.name, started.job_id, started.queue_key
-            )
-        except RedisError as exc:  # left started: the abandoned-job cleanup finds it
-            self.log.warning(
-                "Worker %s: could not put job %s back: %s", self.name, started.job_id, exc
-            )
-        self.executions.pop(started.execution.id, None)
-        self._state_written = None
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         started, self._already_started = self._already_started, None
         if started is not None and started[0] == job.id:  # the lane wrote it all already
-            self._mark_started(job, started[1])
+            job.worker_name = self.name  # what RQ's prepare_for_execution sets on the job
+            job.last_heartbeat = job.started_at = started[1].created_at
+            job._status = JobStatus.STARTED
             return
         pipeline = self._prepare_pipeline
         if pipeline is None:  # not called from execute_job: RQ's own
@@ -576,18 +396,6 @@ class FastWorker(SimpleWorker):
         pipe.evalsha(taking.TAKE_SHA, *self._take_call[1])
         return True
 
-    def _taken(self, answer: Any) -> tuple[Job, Queue]:
-        """The (job, queue) of a TAKE answer (queue key, job id, hash)."""
-        return taking.taken(
-            answer,
-            self.connection,
-            self.queue_class,
-            self.job_class,
-            self.serializer,
-            self.death_penalty_class,
-            self._queues_by_key,
-        )
-
     def _keep_taken(self, answer: Any) -> None:
         if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart: load it for next time
             self.log.debug("Worker %s: taking the next job failed: %s", self.name, answer)
@@ -597,7 +405,7 @@ class FastWorker(SimpleWorker):
         if not answer:
             return
         try:
-            self._prefetched = self._taken(answer)
+            self._prefetched, self._prefetched_taken = self._restore(answer), None
         except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
             self._hand_back(as_text(answer[0]), as_text(answer[1]))
             self._no_take_once = True
@@ -621,28 +429,22 @@ class FastWorker(SimpleWorker):
     def hand_back_taken(self) -> None:
         """A job taken for next but not started goes back to the front of its queue; so does
         one a stop signal caught between its pop and the worker holding it."""
-        taken, self._prefetched = self._prefetched, None
-        started, self._next = self._next, None
-        if taken is not None and started is not None and started.job_id == taken[0].id:
-            self._unstart(started)
-        elif taken is not None:
-            self._hand_back(taken[1].key, taken[0].id)
+        with contextlib.suppress(RedisError):
+            self._settle()  # what the last STEP took is known after its answer
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None:  # first: the job to run next goes back in front of it
+            self._put_back(peeked)
+        prefetched, self._prefetched = self._prefetched, None
+        taken, self._prefetched_taken = self._prefetched_taken, None
+        if taken is not None:
+            self._put_back(taken)
+        elif prefetched is not None:
+            self._hand_back(prefetched[1].key, prefetched[0].id)
         popped, taking.popped = taking.popped, None
         # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
         if popped is not None and self._stop_requested:
             queue_key, job_id, intermediate = popped
             self._hand_back(queue_key, job_id, from_intermediate=intermediate)
-
-    def _hand_back(self, queue_key: str, job_id: str, *, from_intermediate: bool = True) -> None:
-        intermediate = IntermediateQueue(queue_key, self.connection).key
-        try:
-            if from_intermediate:
-                self.connection.eval(taking.HAND_BACK, 2, intermediate, queue_key, job_id)
-            else:  # RQ's BLPOP: the id is in no list
-                self.connection.lpush(queue_key, job_id)
-            self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
-        except RedisError as exc:  # left in the intermediate list: RQ's maintenance finds it
-            self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         try:

@@ -1,30 +1,54 @@
 """The lane: a busy FastWorker's bookkeeping for a plain job in one Lua call per job.
 
-One call (STEP) records the success of the job just run and starts the next: it takes the
-next waiting job off the worker's queues and marks it started, with exactly the keys, fields,
-registry entries and expiries RQ's own worker writes for those two steps (execution record,
+One call (STEP) records the success of the job just run, starts the next one and takes the
+one after it off its queue (into RQ's intermediate list), with exactly the keys, fields,
+registry entries and expiries RQ's own worker writes for those steps (execution record,
 `wip` registry, worker heartbeat and state, job hash; result stream, `finished` registry,
 expiries, worker counters). Only the Python changes: no RQ Job save, Result or Execution
 objects per job, one EVALSHA packed instead of about 40 commands.
 
-The job STEP starts for next is started a moment before it runs, as RQ's own prepare step
-starts a job a moment before its horse runs it. A worker told to stop in that moment puts
-it back (UNSTART: as it was, at the front of its queue); a worker killed in it leaves a
-started job that RQ's abandoned-job cleanup (and phase1's orphan sweep) deal with, as for
-a worker killed right after RQ's prepare step.
+STEP is sent and the next job run at once; its answer (the job after, the finished job's
+dependents) is read when that job ends. Redis runs one connection's commands in order, so
+the start is written before anything the worker writes about the job later, and every
+other path for the job (its failure, a Retry, RQ's own steps, putting it back) reads the
+answer first. A job that reads its own RQ status in its first moments may still see it
+`queued`; a job with staged writes (a Phase 1 job's events) waits for its STEP.
+
+A job STEP started that the worker then does not run (stop, suspension, `max_jobs`) goes
+back as it was, at the front of its queue (UNSTART). A worker killed in that moment leaves
+a started job that RQ's abandoned-job cleanup (and phase1's orphan sweep) deal with, as for
+a worker killed right after RQ's own prepare step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import sys
+import time
 from base64 import b64encode
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
+from redis.connection import Connection
+from redis.exceptions import NoScriptError, RedisError
+from rq import SimpleWorker
 from rq.defaults import RQ_KEY_PREFIX, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus, Retry
+from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
+from rq.timeouts import JobTimeoutException
+from rq.utils import as_text, now
+from rq.worker import WorkerStatus
+
+from phase1 import staging
+from phase1.taking import HAND_BACK, taken
+from phase1.taking import can_take as _can_take
 
 # Key prefixes, from RQ's own templates.
 WIP = StartedJobRegistry.key_template.format("")
@@ -32,14 +56,19 @@ FINISHED = FinishedJobRegistry.key_template.format("")
 EXECUTIONS = ExecutionRegistry.key_template.format("")
 EXECUTION = f"{RQ_KEY_PREFIX}:execution:"
 RESULTS = Result.get_key("")  # type: ignore[no-untyped-call]
-CONSTANTS = [WIP, FINISHED, EXECUTIONS, EXECUTION, RESULTS]
+assert not any(c in k for k in (WIP, FINISHED, EXECUTIONS, EXECUTION, RESULTS) for c in "'\\")
+_PREFIXES = (
+    f"local WIP, FINISHED, EXECUTIONS, EXECUTION, RESULTS = '{WIP}', '{FINISHED}', "
+    f"'{EXECUTIONS}', '{EXECUTION}', '{RESULTS}'\n"
+)
 assert WORKER_EXECUTIONS_KEY_TEMPLATE.format("w") == f"{RQ_KEY_PREFIX}:worker:w:executions"
 
-STEP = """
-local WIP, FINISHED, EXECUTIONS, EXECUTION, RESULTS = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now, now_f, stamp = tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local wkey, name, wexec = ARGV[9], ARGV[10], ARGV[11]
-local i = 12
+STEP = (
+    _PREFIXES
+    + """
+local now, now_f, stamp = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local wkey, name, wexec = ARGV[4], ARGV[5], ARGV[6]
+local i = 7
 
 -- The execution and `started` writes of RQ's prepare_execution and prepare_job_execution.
 local function start(id, job, origin, ttl, intermediate, exec)
@@ -60,14 +89,14 @@ local function start(id, job, origin, ttl, intermediate, exec)
   redis.call('LREM', intermediate, 1, id)
 end
 
+-- 1. 'finish': RQ's success bookkeeping (handle_job_success, Result, cleanup_execution).
 local dependents = -1
-if ARGV[i] == '1' then
-  -- RQ's success bookkeeping (handle_job_success, Result, cleanup_execution).
+if ARGV[i] == 'finish' then
   local id, job, origin, exec = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ttl, ended, began_f, ended_f = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local value, working = ARGV[i + 9], ARGV[i + 10]
   local dependents_key, dependencies_key = ARGV[i + 11], ARGV[i + 12]
-  i = i + 13
+  i = i + 12
   dependents = redis.call('SCARD', dependents_key)
   redis.call('HINCRBY', wkey, 'successful_job_count', 1)
   redis.call('HINCRBYFLOAT', wkey, 'total_working_time', working)
@@ -91,70 +120,90 @@ if ARGV[i] == '1' then
   redis.call('ZREM', EXECUTIONS .. id, exec)
   redis.call('SREM', wexec, id .. ':' .. exec)
   redis.call('HSET', wkey, 'state', 'idle')
-else
-  i = i + 1
 end
+i = i + 1
 
-local mode = ARGV[i]
-if mode == 'given' then
-  -- Start a job the worker already holds.
-  local id, job, origin, ttl = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  start(id, job, origin, ttl, ARGV[i + 5], ARGV[i + 6])
-  return {dependents}
-elseif mode == 'take' then
-  -- Take the first waiting job of the queues (RQ's LMOVE to the intermediate list) and start it.
-  local exec, job_prefix = ARGV[i + 1], ARGV[i + 2]
-  local default_t, mult, extra, add, forever = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]),
-    tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
-  local n = tonumber(ARGV[i + 8])
-  i = i + 9
-  for q = 0, n - 1 do
-    local key, intermediate = ARGV[i + 2 * q], ARGV[i + 2 * q + 1]
-    while true do
+-- 2. 'given': start a job the worker holds.
+local started = false
+if ARGV[i] == 'given' then
+  start(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
+  started = true
+  i = i + 6
+end
+i = i + 1
+
+-- 3. 'next': take the first waiting job of the queues (RQ's LMOVE to the intermediate list)
+-- and start it (`take`, unless one was given); then take the one after it without starting
+-- it (`peek`: only while a job known to be quick runs, so it waits for no more than that).
+local taken, peeked = false, false
+if ARGV[i] == 'next' then
+  local exec, take, peek, job_prefix = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local default_t, mult, extra, add, forever = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]),
+    tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
+  local n, base, q = tonumber(ARGV[i + 10]), i + 11, 0
+  local function waiting()
+    while q < n do
+      local key, intermediate = ARGV[base + 2 * q], ARGV[base + 2 * q + 1]
       local id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
-      if not id then
-        break
+      if id then
+        local hash = redis.call('HGETALL', job_prefix .. id)
+        if #hash > 0 then
+          return key, intermediate, id, hash
+        end
+        redis.call('LREM', intermediate, 1, id)  -- its hash is gone: skipped, as RQ does
+      else
+        q = q + 1
       end
-      local job = job_prefix .. id
-      local hash = redis.call('HGETALL', job)
-      if #hash > 0 then
-        local fields = {}
-        for f = 1, #hash, 2 do
-          fields[hash[f]] = hash[f + 1]
-        end
-        local t = tonumber(fields['timeout'])
-        if t == nil or t == 0 then
-          t = default_t
-        end
-        local ttl = forever
-        if t >= 0 then
-          ttl = t + math.max(extra, t * mult) + add
-        end
-        local pttl = redis.call('PTTL', job)
-        start(id, job, fields['origin'] or '', ttl, intermediate, exec)
-        return {dependents, key, id, hash, ttl, pttl}
+    end
+    return nil
+  end
+  if take == '1' and not started then
+    local key, intermediate, id, hash = waiting()
+    if key then
+      local fields = {}
+      for f = 1, #hash, 2 do
+        fields[hash[f]] = hash[f + 1]
       end
-      redis.call('LREM', intermediate, 1, id)
+      local t = tonumber(fields['timeout'])
+      if t == nil or t == 0 then
+        t = default_t
+      end
+      local ttl = forever
+      if t >= 0 then
+        ttl = t + math.max(extra, t * mult) + add
+      end
+      local pttl = redis.call('PTTL', job_prefix .. id)
+      start(id, job_prefix .. id, fields['origin'] or '', ttl, intermediate, exec)
+      taken = {key, id, hash, pttl}
+      started = true
+    end
+  end
+  if peek == '1' and (started or take == '0') then
+    local key, intermediate, id, hash = waiting()
+    if key then
+      peeked = {key, id, hash, redis.call('PTTL', job_prefix .. id)}
     end
   end
 end
-return {dependents}
+return {dependents, taken, peeked}
 """
+)
 STEP_SHA = hashlib.sha1(STEP.encode()).hexdigest()
 
 # Put a job STEP started but the worker did not run back as it was, at the front of its
 # queue (only while its execution is still this worker's).
-UNSTART = """
-local WIP, EXECUTIONS, EXECUTION = ARGV[1], ARGV[3], ARGV[4]
-local id, job, origin, exec, queue = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local wexec, pttl = ARGV[11], tonumber(ARGV[12])
+UNSTART = (
+    _PREFIXES
+    + """
+local id, job, origin, exec, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local wexec, pttl = ARGV[6], tonumber(ARGV[7])
 if redis.call('ZREM', WIP .. origin, id .. ':' .. exec) == 0 then
   return 0
 end
 redis.call('DEL', EXECUTION .. id .. ':' .. exec)
 redis.call('ZREM', EXECUTIONS .. id, exec)
 redis.call('SREM', wexec, id .. ':' .. exec)
-for f = 13, #ARGV, 3 do  -- field, whether it was there, its value
+for f = 8, #ARGV, 3 do  -- field, whether it was there, its value
   if ARGV[f + 1] == '1' then
     redis.call('HSET', job, ARGV[f], ARGV[f + 2])
   else
@@ -167,25 +216,37 @@ end
 redis.call('LPUSH', queue, id)
 return 1
 """
+)
+# A job that runs in under QUICK_S, QUICK_RUNS times in a row, is quick: while one runs, the
+# worker holds the job after it (taken off its queue, not started), so the next STEP can
+# start that one without waiting for an answer. Slower jobs get no job held behind them (it
+# would wait for them, and another worker could have run it).
+QUICK_S = 0.002
+QUICK_RUNS = 3
+
 # The job hash fields STEP's start changes, restored by UNSTART.
 STARTED_FIELDS = (b"status", b"started_at", b"worker_name", b"last_heartbeat")
 
 
 @dataclass
-class Started:
-    """A job STEP took and started for next: what UNSTART needs to put it back."""
+class Taken:
+    """A job the lane took off its queue (into its intermediate list), started or not."""
 
-    job_id: str
-    origin: str
-    execution: Execution
-    queue_key: str
-    ttl: int
-    pttl: int
+    job: Job
+    queue: Queue
+    pttl: int  # the job key's expiry before its start (-1: none)
     before: dict[bytes, bytes]  # STARTED_FIELDS as they were
+    execution: Execution | None = None  # once started
 
 
-def header(now: float, stamp: str, worker_key: str, name: str, worker_executions: str) -> list[Any]:
-    return [*CONSTANTS, int(now), repr(now), stamp, worker_key, name, worker_executions]
+@dataclass
+class Pending:
+    """A STEP sent and not answered yet: a job started while the answer travels."""
+
+    connection: Connection
+    args: list[Any]
+    job: Job | None  # the job it finished
+    queue: Queue | None
 
 
 def encoded(value: Any, serializer: Any) -> str:
@@ -199,10 +260,397 @@ def encoded(value: Any, serializer: Any) -> str:
     return b64encode(serialized).decode()
 
 
-def unstart_args(started: Started, job_key: str, worker_executions: str) -> list[Any]:
-    args: list[Any] = [*CONSTANTS, started.job_id, job_key, started.origin]
-    args += [started.execution.id, started.queue_key, worker_executions, started.pttl]
-    for field in STARTED_FIELDS:
-        value = started.before.get(field)
-        args += [field, "0", ""] if value is None else [field, "1", value]
-    return args
+def _stamp(moment: float) -> str:
+    """RQ's utcformat of a unix time (2026-11-28T18:32:10.410070Z), without strftime."""
+    return _utc(datetime.fromtimestamp(moment, UTC))
+
+
+def _utc(when: datetime) -> str:
+    """RQ's utcformat of an aware UTC datetime, without strftime."""
+    return when.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+class LaneWorker(SimpleWorker):
+    """The lane's half of FastWorker: a plain job's start, success and the next job's start
+    in one STEP, and, while a plain job runs, the STEP that started it still on its way.
+
+    The next job's start is *sent* before it runs and its answer read when it ends: Redis
+    runs a connection's commands in order, so the start is written before anything this
+    worker writes about the job later. Any other path for the job (its failure, a Retry,
+    RQ's steps for a job that is not plain, putting it back) first reads that answer.
+    """
+
+    heartbeat_ttl_rule: tuple[int, int, int, int, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state_written: str | None = None
+        self._housekept_at = float("-inf")
+        self._no_take_once = False
+        self._prefetched: tuple[Job, Queue] | None = None  # the job to run next
+        self._prefetched_taken: Taken | None = None  # … when the lane took it
+        self._peeked: Taken | None = None  # the one after it
+        self._pending: Pending | None = None
+        self._sender: Connection | None = None  # the connection STEPs are sent on unanswered
+        self._quick_runs: dict[str, int] = {}  # function name: quick runs in a row
+        self._queues_by_key = {q.key: q for q in self.queues}
+        self._next_call: tuple[tuple[str, ...], list[Any]] = ((), [])
+        self._worker_executions = WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.name)
+        self._header_tail = [self.key, self.name, self._worker_executions]
+
+    # -- which jobs ------------------------------------------------------------------------
+
+    def _plain(self, job: Job) -> bool:
+        """Whether the job's success is the lane's to record (RQ's steps otherwise)."""
+        return (
+            not job.repeats_left
+            and not job._success_callback_name
+            and not job.webhooks
+            and not job.has_rate_limit
+            and job.get_result_ttl(self.default_result_ttl) > 0
+        )
+
+    def _take_next(self) -> bool:
+        if self._no_take_once:
+            self._no_take_once = False
+            return False
+        return not (
+            self._stop_requested or self._peeked is not None or not _can_take(self.connection)
+        )
+
+    # -- a plain job's run -------------------------------------------------------------------
+
+    def _lane_start(self, job: Job) -> Execution:
+        """Start a job the worker holds (one STEP, which also takes the job after it)."""
+        moment = time.time()
+        execution = self._execution(job.id, moment)
+        args = [*self._header(moment), "none", *self._given(job, execution)]
+        args += self._next_args("-", take=False, peek=self._prefetched is None and self._quick(job))
+        self._after(self._step(args, []), None, None, None)
+        self._state_written = self._state = WorkerStatus.BUSY
+        return execution
+
+    def _perform_plain(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """RQ's perform_job for a job already started, with its success in one STEP."""
+        job.worker_name = self.name  # what RQ's prepare_for_execution sets on the job
+        job.last_heartbeat = job.started_at = execution.created_at
+        job._status = JobStatus.STARTED
+        try:
+            job.started_at = now()
+            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                value = job.perform()
+            if isinstance(value, Retry):
+                self._settle()
+                self._finalize_success(job, queue, execution, value)
+                return
+            job.ended_at = job.last_heartbeat = now()
+            job._result = value
+            job._status = JobStatus.FINISHED
+            self._finish_plain(job, queue, execution, value)
+        except:  # noqa: E722 -- as RQ's perform_job: anything raised fails the job
+            exc_info = sys.exc_info()
+            self._settle_quietly()
+            self._finalize_failure(job, queue, execution, exc_info)
+
+    def _finish_plain(self, job: Job, queue: Queue, execution: Execution, value: Any) -> None:
+        assert job.started_at is not None and job.ended_at is not None
+        self._timed(job, (job.ended_at - job.started_at).total_seconds())
+        moment = time.time()
+        args = [*self._header(moment), "finish", job.id, job.key, job.origin, execution.id]
+        args += [job.get_result_ttl(self.default_result_ttl), _utc(job.ended_at)]
+        args += [repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp())]
+        args += [encoded(value, self.serializer)]
+        args += [repr((job.ended_at - job.started_at).total_seconds())]
+        args += [job.dependents_key, job.dependencies_key]
+        self._settle()  # the STEP that started this job (and took the one after it)
+        stage = staging.current
+        staged = stage.take() if stage is not None else []
+        following = self._prefetched_taken if self._prefetched is not None else None
+        go_on = self._take_next()
+        next_execution = "-"
+        if go_on and following is not None and following.execution is None:
+            following.execution = self._execution(following.job.id, moment)
+            args += self._given(following.job, following.execution)
+            args += self._next_args("-", take=False, peek=self._quick(following.job))
+        else:
+            following = None
+            args.append("none")
+            if go_on and self._prefetched is None:
+                next_execution = uuid4().hex
+                args += self._next_args(next_execution, take=True, peek=False)
+            else:
+                args.append("-")
+        try:
+            if following is not None and not staged:
+                self._send(args, job, queue)  # the answer is read when `following` ends
+                answer = None
+            else:
+                answer = self._step(args, staged)
+        except BaseException:
+            if following is not None:
+                following.execution = None
+            if stage is not None:  # not sent: the failure path sends them
+                stage.restage(staged)
+            raise
+        self.executions.pop(execution.id, None)
+        self._state_written = self._state = WorkerStatus.IDLE
+        if following is not None:
+            self._state_written = self._state = WorkerStatus.BUSY
+        if answer is not None:
+            self._after(answer, job, queue, (next_execution, moment))
+            if self._started_quick_job_alone():  # take the one after it while it runs
+                peek = [*self._header(time.time()), "none", "none"]
+                self._send([*peek, *self._next_args("-", take=False, peek=True)], None, None)
+        for _, then in staged:
+            if then is not None:
+                then()
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("Successfully completed job %s on worker %s", job.id, self.name)
+
+    # -- quick jobs: the ones a job may be taken ahead of ------------------------------------
+
+    def _timed(self, job: Job, seconds: float) -> None:
+        """Count the job's function's quick runs in a row (a slow run starts over)."""
+        name = job.func_name or ""
+        if seconds < QUICK_S:
+            if name in self._quick_runs or len(self._quick_runs) < 256:
+                self._quick_runs[name] = self._quick_runs.get(name, 0) + 1
+        else:
+            self._quick_runs.pop(name, None)
+
+    def _quick(self, job: Job) -> bool:
+        """Whether the job's function ran quickly its last QUICK_RUNS times: while it runs,
+        the job after it may wait in this worker's hands (taken, not started)."""
+        return self._quick_runs.get(job.func_name or "", 0) >= QUICK_RUNS
+
+    def _started_quick_job_alone(self) -> bool:
+        taken = self._prefetched_taken
+        return (
+            taken is not None
+            and taken.execution is not None
+            and self._peeked is None
+            and self._pending is None
+            and self._quick(taken.job)
+        )
+
+    # -- STEP's arguments ----------------------------------------------------------------------
+
+    def _header(self, moment: float) -> list[Any]:
+        self._housekept_at = time.monotonic()  # a start beats for the worker too
+        return [int(moment), repr(moment), _stamp(moment), *self._header_tail]
+
+    def _execution(self, job_id: str, moment: float) -> Execution:
+        execution = Execution(uuid4().hex, job_id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(moment, UTC)
+        return execution
+
+    def _given(self, job: Job, execution: Execution) -> list[Any]:
+        intermediate = IntermediateQueue.get_intermediate_queue_key(
+            Queue.redis_queue_namespace_prefix + job.origin
+        )
+        ttl = self.get_heartbeat_ttl(job)
+        return ["given", job.id, job.key, job.origin, ttl, intermediate, execution.id]
+
+    def _next_args(self, execution_id: str, *, take: bool, peek: bool) -> list[Any]:
+        """'next' (the execution id is for a job it takes and starts), or '-' (nothing)."""
+        peek = peek and self._peeked is None
+        if not (take or peek):
+            return ["-"]
+        order = tuple(q.key for q in self._ordered_queues)
+        if self._next_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
+            keys = [q.key for q in self._ordered_queues]
+            pairs: list[Any] = []
+            for key in keys:
+                pairs += [key, IntermediateQueue.get_intermediate_queue_key(key)]
+            rule = list(self.heartbeat_ttl_rule)
+            prefix = self.job_class.redis_job_namespace_prefix
+            self._next_call = (order, [prefix, *rule, len(keys), *pairs])
+        return [
+            "next",
+            execution_id,
+            "1" if take else "0",
+            "1" if peek else "0",
+            *self._next_call[1],
+        ]
+
+    # -- sending STEP, and its answer -----------------------------------------------------------
+
+    def _step(self, args: list[Any], staged: list[staging.Staged]) -> Any:
+        """Run STEP and wait for it (with the job's staged writes after it, in one MULTI)."""
+        self._settle()
+        if not staged:
+            try:
+                return self.connection.evalsha(STEP_SHA, 0, *args)
+            except NoScriptError:  # a Redis restarted or flushed: load it (nothing was written)
+                self.connection.script_load(STEP)
+                return self.connection.evalsha(STEP_SHA, 0, *args)
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.evalsha(STEP_SHA, 0, *args)
+            for write, _ in staged:
+                write(pipe)
+            results = pipe.execute(raise_on_error=False)
+        errors = [r for r in results[1:] if isinstance(r, Exception)]
+        if isinstance(results[0], NoScriptError):  # the staged writes went: STEP alone
+            self.connection.script_load(STEP)
+            results[0] = self.connection.evalsha(STEP_SHA, 0, *args)
+        elif isinstance(results[0], Exception):
+            raise results[0]
+        if errors:
+            raise errors[0]
+        return results[0]
+
+    def _send(self, args: list[Any], job: Job | None, queue: Queue | None) -> None:
+        """Send STEP on the lane's own connection and go on; _settle reads the answer."""
+        if self._sender is None:
+            self._sender = self.connection.connection_pool.get_connection()
+        try:
+            self._sender.send_command("EVALSHA", STEP_SHA, 0, *args)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._drop_sender()
+            raise
+        self._pending = Pending(self._sender, args, job, queue)
+
+    def _drop_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.disconnect()  # type: ignore[no-untyped-call]
+            self.connection.connection_pool.release(sender)
+
+    def _settle(self) -> None:
+        """Read the answer of the STEP sent last, if it is still on its way."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            try:
+                answer = pending.connection.read_response()
+            except NoScriptError:  # a Redis restarted or flushed: nothing was written
+                self.connection.script_load(STEP)
+                answer = self.connection.evalsha(STEP_SHA, 0, *pending.args)
+        except BaseException:
+            self._drop_sender()
+            raise
+        self._after(answer, pending.job, pending.queue, None)
+
+    def _settle_quietly(self) -> None:
+        try:
+            self._settle()
+        except Exception as exc:  # the failure path that follows reports the job itself
+            self.log.warning("Worker %s: the last bookkeeping step failed: %s", self.name, exc)
+
+    def _after(
+        self,
+        answer: Any,
+        finished: Job | None,
+        queue: Queue | None,
+        started: tuple[str, float] | None,
+    ) -> None:
+        """Keep what STEP took (`started`: the execution id and moment it started a job
+        with); move the finished job's dependents (RQ's own, WATCHed move)."""
+        dependents, taken, peeked = answer
+        if taken:
+            assert started is not None
+            self._keep(taken, started)
+        if peeked:
+            self._keep(peeked)
+        if finished is not None and queue is not None and dependents > 0:
+            queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(finished))
+
+    def _keep(self, answer: Any, started: tuple[str, float] | None = None) -> None:
+        """Hold a job STEP took: as the job to run next, or as the one after it."""
+        queue_key, job_id, flat, pttl = answer
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        try:
+            job, queue = self._restore([queue_key, job_id, flat])
+        except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
+            self._put_back_unread(as_text(queue_key), as_text(job_id), fields, pttl, started)
+            self._no_take_once = True
+            return
+        taken = Taken(job, queue, int(pttl), {f: fields[f] for f in STARTED_FIELDS if f in fields})
+        if started is not None:
+            execution = Execution(started[0], job.id, self.connection, worker_name=self.name)
+            execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(
+                started[1], UTC
+            )
+            taken.execution = execution
+            self._state_written = self._state = WorkerStatus.BUSY
+        if self._prefetched is None:
+            self._prefetched, self._prefetched_taken = (job, queue), taken
+        else:
+            self._peeked = taken
+
+    # -- putting jobs back ------------------------------------------------------------------------
+
+    def _put_back(self, taken: Taken) -> None:
+        if taken.execution is not None:
+            self._unstart(
+                taken.queue.key,
+                taken.job.id,
+                taken.job.origin,
+                taken.execution.id,
+                taken.pttl,
+                taken.before,
+            )
+        else:
+            self._hand_back(taken.queue.key, taken.job.id)
+
+    def _put_back_unread(
+        self,
+        queue_key: str,
+        job_id: str,
+        fields: dict[bytes, bytes],
+        pttl: int,
+        started: tuple[str, float] | None,
+    ) -> None:
+        if started is None:
+            self._hand_back(queue_key, job_id)
+            return
+        origin = as_text(fields.get(b"origin", b""))
+        before = {f: fields[f] for f in STARTED_FIELDS if f in fields}
+        self._unstart(queue_key, job_id, origin, started[0], int(pttl), before)
+
+    def _unstart(
+        self,
+        queue_key: str,
+        job_id: str,
+        origin: str,
+        execution_id: str,
+        pttl: int,
+        before: dict[bytes, bytes],
+    ) -> None:
+        args: list[Any] = [job_id, self.job_class.key_for(job_id), origin]
+        args += [execution_id, queue_key, self._worker_executions, pttl]
+        for field in STARTED_FIELDS:
+            value = before.get(field)
+            args += [field, "0", ""] if value is None else [field, "1", value]
+        try:
+            self.connection.eval(UNSTART, 0, *args)
+            self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
+        except RedisError as exc:  # left started: the abandoned-job cleanup finds it
+            self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
+        self.executions.pop(execution_id, None)
+        self._state_written = None
+
+    def _hand_back(self, queue_key: str, job_id: str, *, from_intermediate: bool = True) -> None:
+        intermediate = IntermediateQueue(queue_key, self.connection).key
+        try:
+            if from_intermediate:
+                self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
+            else:  # RQ's BLPOP: the id is in no list
+                self.connection.lpush(queue_key, job_id)
+            self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
+        except RedisError as exc:  # left in the intermediate list: RQ's maintenance finds it
+            self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
+
+    def _restore(self, answer: Any) -> tuple[Job, Queue]:
+        """The (job, queue) of a taken job's (queue key, job id, hash)."""
+        return taken(
+            answer,
+            self.connection,
+            self.queue_class,
+            self.job_class,
+            self.serializer,
+            self.death_penalty_class,
+            self._queues_by_key,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis import Redis
@@ -19,3 +20,7 @@ def fail() -> None:
 def remember(job: Job, connection: Redis, result: Any, *args: Any, **kwargs: Any) -> None:
     """A success callback: leaves a mark the test reads."""
     connection.set(f"lane-test:called:{job.id}", repr(result), ex=600)
+
+
+def slow(seconds: float) -> None:
+    time.sleep(seconds)

@@ -85,13 +85,21 @@ def failed_events(ctx: Phase1, job_id: str) -> list[events.Event]:
 
 
 def sleeping_in_db(database_url: str) -> bool:
-    """An attempt is inside the injected pg_sleep (this run's own database)."""
+    """An attempt is inside the injected pg_sleep (this run's own database). Tests that wait
+    for their own attempt to sleep first wait for none to be (no_attempt_sleeping)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE datname = current_database() AND wait_event = 'PgSleep'"
         ).fetchone()
     return bool(row and row[0])
+
+
+def no_attempt_sleeping(database_url: str) -> None:
+    """Wait until no attempt sleeps in the database: an earlier test's killed worker leaves
+    its statement sleeping for up to its injected 2.5 s, which sleeping_in_db would take for
+    this test's own attempt."""
+    wait_until(lambda: not sleeping_in_db(database_url), what="no earlier attempt sleeping")
 
 
 def set_fault_sleep(database_url: str, plan_id: uuid.UUID, sleep_s: float) -> None:
@@ -248,6 +256,7 @@ def test_kill_9_of_the_work_horse_mid_job_retries_it(
 ) -> None:
     ctx = make_ctx(max_retries=2, retry_intervals=[0.2])
     plan_id, job_id = approve_new_plan(ctx)
+    no_attempt_sleeping(ctx.database_url)
     inject_fault(ctx.database_url, plan_id, fail_times=0, sleep_s=2.5)
     worker = processes.worker(ctx.settings, "--fork")
     wait_until(lambda: sleeping_in_db(ctx.database_url), what="attempt 1 in the database")
@@ -272,6 +281,7 @@ def test_kill_9_of_the_whole_worker_is_recovered_by_the_sweep_within_60s(
 ) -> None:
     ctx = make_ctx(max_retries=retries, retry_intervals=[0.2], orphan_after=2)
     plan_id, job_id = approve_new_plan(ctx)
+    no_attempt_sleeping(ctx.database_url)
     inject_fault(ctx.database_url, plan_id, fail_times=0, sleep_s=2.5)
     doomed = processes.worker(ctx.settings)
     wait_until(lambda: sleeping_in_db(ctx.database_url), what="attempt 1 in the database")
@@ -310,12 +320,16 @@ def test_rq_cleanup_of_an_abandoned_job_dead_letters_it_once(
     """Plain `rq worker`, no phase1 worker to sweep: RQ's late cleanup ends the job."""
     ctx = make_ctx(max_retries=0)
     plan_id, job_id = approve_new_plan(ctx)
+    no_attempt_sleeping(ctx.database_url)
     inject_fault(ctx.database_url, plan_id, fail_times=0, sleep_s=2.5)
     doomed = processes.rq_worker(ctx.settings, "--worker-class", "rq.SimpleWorker")
     wait_until(lambda: sleeping_in_db(ctx.database_url), what="attempt 1 in the database")
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait(timeout=10)
     assert status(ctx, job_id) == "active"
+    # RQ's cleanup comes ~15 min later: by then the killed worker's statement (its injected
+    # sleep, with the execution row locked) has long ended.
+    no_attempt_sleeping(ctx.database_url)
 
     # RQ runs our callback in this process, as the worker that cleans up would.
     monkeypatch.setattr(context, "_process_context", (os.getpid(), ctx))

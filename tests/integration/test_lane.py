@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +16,10 @@ from rq import Callback, Queue, Retry, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-from support import RoundTrips
+from support import RQ, Processes, RoundTrips, wait_until
 
 from phase1.fastworker import FastWorker
+from phase1.settings import Settings
 
 
 @pytest.fixture
@@ -165,3 +167,58 @@ def test_jobs_the_lane_does_not_finish_take_rqs_steps(redis: Redis, queue_name: 
     assert last.get_status() == JobStatus.FINISHED
     assert StartedJobRegistry(queue=queue).count == 0
     assert queue.count == 0 and redis.llen(f"{queue.key}:intermediate") == 0
+
+
+def test_quick_jobs_start_while_the_step_before_is_on_its_way(
+    redis: Redis, queue_name: str
+) -> None:
+    """Once its function is known to be quick, a job is started by a STEP the worker does not
+    wait for, and the job after it is held; a worker that stops then puts both back."""
+    queue = _queue(redis, queue_name)
+    worker = FastWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
+    )
+    for _ in range(5):  # the worker learns that bench.jobs.noop is quick
+        queue.enqueue("bench.jobs.noop", result_ttl=600)
+    worker.work(burst=True, logging_level="WARNING")
+    sent = []
+    send = worker._send
+    worker._send = lambda *args: (sent.append(args[0]), send(*args))[1]  # type: ignore[method-assign]
+
+    first = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    second = queue.enqueue("bench.jobs.noop", result_ttl=600, ttl=300)
+    third = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    before = redis.hgetall(second.key)
+    worker.work(burst=True, logging_level="WARNING", max_jobs=1)
+
+    assert sent, "the second job's start went out unanswered"
+    assert first.get_status() == JobStatus.FINISHED
+    assert queue.get_job_ids() == [second.id, third.id]
+    assert redis.hgetall(second.key) == before and 250 < redis.ttl(second.key) <= 300
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert redis.llen(f"{queue.key}:intermediate") == 0
+    assert not redis.keys(f"rq:execution:{second.id}:*")
+
+    worker.work(burst=True, logging_level="WARNING")
+    assert {second.get_status(), third.get_status()} == {JobStatus.FINISHED}
+
+
+def test_no_job_waits_in_a_worker_behind_a_slow_one(
+    redis: Redis, settings: Settings, processes: Processes
+) -> None:
+    """While a job of a function not known to be quick runs, the next job stays on the queue,
+    for any worker to take."""
+    queue = _queue(redis, settings.queue)
+    slow = queue.enqueue("lane_jobs.slow", 1.0, result_ttl=600)
+    waiting = queue.enqueue("lane_jobs.slow", 0.01, result_ttl=600)
+    argv = [RQ, "worker", settings.queue, "--burst", "--url", settings.redis_url or ""]
+    argv += ["--serializer", "rq.serializers.JSONSerializer"]
+    argv += ["--worker-class", "phase1.fastworker.FastWorker"]
+    worker = processes.start(argv, settings, env={"PYTHONPATH": str(Path(__file__).parents[1])})
+    wait_until(lambda: slow.get_status() == JobStatus.STARTED, what="the slow job running")
+    time.sleep(0.2)
+    assert slow.get_status() == JobStatus.STARTED
+    assert queue.get_job_ids() == [waiting.id]
+    assert redis.llen(f"{queue.key}:intermediate") == 0
+    assert worker.wait(timeout=30) == 0
+    assert waiting.get_status() == JobStatus.FINISHED

@@ -111,3 +111,16 @@ def test_rqs_timestamps_read_as_rq_reads_them() -> None:
             rq_str_to_date(bad)
         with pytest.raises(ValueError):
             fastworker.str_to_date(bad)
+
+
+def test_the_lanes_timestamps_are_rqs_format() -> None:
+    from datetime import UTC, datetime
+
+    from rq.utils import utcformat
+
+    from phase1 import lane
+
+    for moment in (1795890730.410070, 1795890730.0, 1.5):
+        when = datetime.fromtimestamp(moment, UTC)
+        assert lane._stamp(moment) == utcformat(when)
+        assert lane._utc(when) == utcformat(when)
