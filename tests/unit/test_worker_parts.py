@@ -124,3 +124,30 @@ def test_the_lanes_timestamps_are_rqs_format() -> None:
         when = datetime.fromtimestamp(moment, UTC)
         assert lane._stamp(moment) == utcformat(when)
         assert lane._utc(when) == utcformat(when)
+
+
+def test_the_alarm_penalty_times_a_job_out_and_ignores_a_stray_alarm() -> None:
+    """FastWorker's SIGALRM timeout: as RQ's, with its handler kept between jobs."""
+    import os
+    import signal
+    import time
+
+    from rq.timeouts import JobTimeoutException
+
+    from phase1.fastworker import AlarmDeathPenalty, _on_alarm
+
+    try:
+        with pytest.raises(JobTimeoutException), AlarmDeathPenalty(1, JobTimeoutException):
+            time.sleep(3)
+        assert signal.getsignal(signal.SIGALRM) is _on_alarm
+        assert signal.alarm(0) == 0  # nothing left armed
+        os.kill(os.getpid(), signal.SIGALRM)  # between jobs: ignored, not fatal
+        time.sleep(0.05)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # someone else's handler meanwhile
+        with AlarmDeathPenalty(5, JobTimeoutException):
+            assert signal.getsignal(signal.SIGALRM) is _on_alarm
+        with AlarmDeathPenalty(5, JobTimeoutException):
+            pass  # a quick job: no timeout
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
