@@ -447,9 +447,7 @@ class FastWorker(lane.LaneWorker):
         taken = self._prefetched
         if taken is None:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        self.heartbeat()  # at most once a second
-        if self.should_run_maintenance_tasks:  # as RQ's dequeue does, also under steady load
-            self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        self.heartbeat()  # at most once a second (RQ's loop has just checked its maintenance)
         job, queue = taken
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
