@@ -22,11 +22,9 @@ a worker killed right after RQ's own prepare step.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import time
-from base64 import b64encode
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,197 +33,25 @@ from uuid import uuid4
 from redis.connection import Connection
 from redis.exceptions import NoScriptError, RedisError
 from rq import SimpleWorker
-from rq.defaults import RQ_KEY_PREFIX, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
-from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
-from rq.registry import FinishedJobRegistry, StartedJobRegistry
-from rq.results import Result
 from rq.timeouts import JobTimeoutException
 from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
 from phase1 import staging
+from phase1.lanescripts import STARTED_FIELDS, STEP, STEP_SHA, UNSTART, encoded, stamp, utc
 from phase1.taking import HAND_BACK, taken
 from phase1.taking import can_take as _can_take
 
-# Key prefixes, from RQ's own templates.
-WIP = StartedJobRegistry.key_template.format("")
-FINISHED = FinishedJobRegistry.key_template.format("")
-EXECUTIONS = ExecutionRegistry.key_template.format("")
-EXECUTION = f"{RQ_KEY_PREFIX}:execution:"
-RESULTS = Result.get_key("")  # type: ignore[no-untyped-call]
-assert not any(c in k for k in (WIP, FINISHED, EXECUTIONS, EXECUTION, RESULTS) for c in "'\\")
-_PREFIXES = (
-    f"local WIP, FINISHED, EXECUTIONS, EXECUTION, RESULTS = '{WIP}', '{FINISHED}', "
-    f"'{EXECUTIONS}', '{EXECUTION}', '{RESULTS}'\n"
-)
-assert WORKER_EXECUTIONS_KEY_TEMPLATE.format("w") == f"{RQ_KEY_PREFIX}:worker:w:executions"
-
-STEP = (
-    _PREFIXES
-    + """
-local now, now_f, stamp = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local wkey, name, wexec = ARGV[4], ARGV[5], ARGV[6]
-local i = 7
-
--- The execution and `started` writes of RQ's prepare_execution and prepare_job_execution.
-local function start(id, job, origin, ttl, intermediate, exec)
-  local ekey = EXECUTION .. id .. ':' .. exec
-  redis.call('HSET', ekey, 'id', exec, 'job_id', id, 'created_at', now_f,
-             'last_heartbeat', now_f, 'worker_name', name)
-  redis.call('EXPIRE', ekey, ttl)
-  redis.call('ZADD', EXECUTIONS .. id, now + ttl + 60, exec)
-  redis.call('EXPIRE', EXECUTIONS .. id, ttl + 60)
-  redis.call('ZADD', WIP .. origin, now + ttl, id .. ':' .. exec)
-  redis.call('SADD', wexec, id .. ':' .. exec)
-  redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', stamp)
-  redis.call('EXPIRE', wkey, ttl)
-  redis.call('EXPIRE', wexec, ttl)
-  redis.call('HSET', job, 'last_heartbeat', stamp, 'status', 'started', 'started_at', stamp,
-             'worker_name', name)
-  redis.call('PERSIST', job)
-  redis.call('LREM', intermediate, 1, id)
-end
-
--- 1. 'finish': RQ's success bookkeeping (handle_job_success, Result, cleanup_execution).
-local dependents = -1
-if ARGV[i] == 'finish' then
-  local id, job, origin, exec = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local ttl, ended, began_f, ended_f = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  local value, working = ARGV[i + 9], ARGV[i + 10]
-  local dependents_key, dependencies_key = ARGV[i + 11], ARGV[i + 12]
-  i = i + 12
-  dependents = redis.call('SCARD', dependents_key)
-  redis.call('HINCRBY', wkey, 'successful_job_count', 1)
-  redis.call('HINCRBYFLOAT', wkey, 'total_working_time', working)
-  redis.call('HSET', job, 'status', 'finished', 'ended_at', ended, 'last_heartbeat', ended)
-  local rkey = RESULTS .. id
-  if value == '' then
-    redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', name,
-               'execution_id', exec, 'execution_started_at', began_f, 'execution_ended_at', ended_f)
-  else
-    redis.call('XADD', rkey, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', name,
-               'return_value', value, 'execution_id', exec, 'execution_started_at', began_f,
-               'execution_ended_at', ended_f)
-  end
-  redis.call('EXPIRE', rkey, ttl)
-  redis.call('ZADD', FINISHED .. origin, now + ttl, id)
-  redis.call('EXPIRE', job, ttl)
-  redis.call('EXPIRE', dependents_key, ttl)
-  redis.call('EXPIRE', dependencies_key, ttl)
-  redis.call('DEL', EXECUTION .. id .. ':' .. exec)
-  redis.call('ZREM', WIP .. origin, id .. ':' .. exec)
-  redis.call('ZREM', EXECUTIONS .. id, exec)
-  redis.call('SREM', wexec, id .. ':' .. exec)
-  redis.call('HSET', wkey, 'state', 'idle')
-end
-i = i + 1
-
--- 2. 'given': start a job the worker holds.
-local started = false
-if ARGV[i] == 'given' then
-  start(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
-  started = true
-  i = i + 6
-end
-i = i + 1
-
--- 3. 'next': take the first waiting job of the queues (RQ's LMOVE to the intermediate list)
--- and start it (`take`, unless one was given); then take the one after it without starting
--- it (`peek`: only while a job known to be quick runs, so it waits for no more than that).
-local taken, peeked = false, false
-if ARGV[i] == 'next' then
-  local exec, take, peek, job_prefix = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local default_t, mult, extra, add, forever = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]),
-    tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
-  local n, base, q = tonumber(ARGV[i + 10]), i + 11, 0
-  local function waiting()
-    while q < n do
-      local key, intermediate = ARGV[base + 2 * q], ARGV[base + 2 * q + 1]
-      local id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
-      if id then
-        local hash = redis.call('HGETALL', job_prefix .. id)
-        if #hash > 0 then
-          return key, intermediate, id, hash
-        end
-        redis.call('LREM', intermediate, 1, id)  -- its hash is gone: skipped, as RQ does
-      else
-        q = q + 1
-      end
-    end
-    return nil
-  end
-  if take == '1' and not started then
-    local key, intermediate, id, hash = waiting()
-    if key then
-      local fields = {}
-      for f = 1, #hash, 2 do
-        fields[hash[f]] = hash[f + 1]
-      end
-      local t = tonumber(fields['timeout'])
-      if t == nil or t == 0 then
-        t = default_t
-      end
-      local ttl = forever
-      if t >= 0 then
-        ttl = t + math.max(extra, t * mult) + add
-      end
-      local pttl = redis.call('PTTL', job_prefix .. id)
-      start(id, job_prefix .. id, fields['origin'] or '', ttl, intermediate, exec)
-      taken = {key, id, hash, pttl}
-      started = true
-    end
-  end
-  if peek == '1' and (started or take == '0') then
-    local key, intermediate, id, hash = waiting()
-    if key then
-      peeked = {key, id, hash, redis.call('PTTL', job_prefix .. id)}
-    end
-  end
-end
-return {dependents, taken, peeked}
-"""
-)
-STEP_SHA = hashlib.sha1(STEP.encode()).hexdigest()
-
-# Put a job STEP started but the worker did not run back as it was, at the front of its
-# queue (only while its execution is still this worker's).
-UNSTART = (
-    _PREFIXES
-    + """
-local id, job, origin, exec, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local wexec, pttl = ARGV[6], tonumber(ARGV[7])
-if redis.call('ZREM', WIP .. origin, id .. ':' .. exec) == 0 then
-  return 0
-end
-redis.call('DEL', EXECUTION .. id .. ':' .. exec)
-redis.call('ZREM', EXECUTIONS .. id, exec)
-redis.call('SREM', wexec, id .. ':' .. exec)
-for f = 8, #ARGV, 3 do  -- field, whether it was there, its value
-  if ARGV[f + 1] == '1' then
-    redis.call('HSET', job, ARGV[f], ARGV[f + 2])
-  else
-    redis.call('HDEL', job, ARGV[f])
-  end
-end
-if pttl > 0 then
-  redis.call('PEXPIRE', job, pttl)
-end
-redis.call('LPUSH', queue, id)
-return 1
-"""
-)
 # A job that runs in under QUICK_S, QUICK_RUNS times in a row, is quick: while one runs, the
 # worker holds the job after it (taken off its queue, not started), so the next STEP can
 # start that one without waiting for an answer. Slower jobs get no job held behind them (it
 # would wait for them, and another worker could have run it).
 QUICK_S = 0.002
 QUICK_RUNS = 3
-
-# The job hash fields STEP's start changes, restored by UNSTART.
-STARTED_FIELDS = (b"status", b"started_at", b"worker_name", b"last_heartbeat")
 
 
 @dataclass
@@ -247,27 +73,6 @@ class Pending:
     args: list[Any]
     job: Job | None  # the job it finished
     queue: Queue | None
-
-
-def encoded(value: Any, serializer: Any) -> str:
-    """The return value as RQ's Result stores it ('' for None, which RQ leaves out)."""
-    if value is None:
-        return ""
-    try:
-        serialized = serializer.dumps(value)
-    except Exception:
-        serialized = serializer.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
-    return b64encode(serialized).decode()
-
-
-def _stamp(moment: float) -> str:
-    """RQ's utcformat of a unix time (2026-11-28T18:32:10.410070Z), without strftime."""
-    return _utc(datetime.fromtimestamp(moment, UTC))
-
-
-def _utc(when: datetime) -> str:
-    """RQ's utcformat of an aware UTC datetime, without strftime."""
-    return when.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 class LaneWorker(SimpleWorker):
@@ -358,7 +163,7 @@ class LaneWorker(SimpleWorker):
         self._timed(job, (job.ended_at - job.started_at).total_seconds())
         moment = time.time()
         args = [*self._header(moment), "finish", job.id, job.key, job.origin, execution.id]
-        args += [job.get_result_ttl(self.default_result_ttl), _utc(job.ended_at)]
+        args += [job.get_result_ttl(self.default_result_ttl), utc(job.ended_at)]
         args += [repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp())]
         args += [encoded(value, self.serializer)]
         args += [repr((job.ended_at - job.started_at).total_seconds())]
@@ -438,7 +243,7 @@ class LaneWorker(SimpleWorker):
 
     def _header(self, moment: float) -> list[Any]:
         self._housekept_at = time.monotonic()  # a start beats for the worker too
-        return [int(moment), repr(moment), _stamp(moment), *self._header_tail]
+        return [int(moment), repr(moment), stamp(moment), *self._header_tail]
 
     def _execution(self, job_id: str, moment: float) -> Execution:
         execution = Execution(uuid4().hex, job_id, self.connection, worker_name=self.name)

@@ -59,8 +59,10 @@ def test_a_phase1_job_costs_few_round_trips(ctx: Phase1, round_trips: RoundTrips
     with ctx.transaction() as conn:
         assert all(executions.get(conn, j)["status"] == "completed" for j in job_ids)  # type: ignore[index]
     assert producer == 2, producer
-    # 1 a job, plus a little housekeeping (the first job of the burst is taken on its own).
-    assert worker <= 1.2, worker
+    # 1 a job, plus a little housekeeping (the first job of the burst is taken on its own, a
+    # beat a second, and an `active` event of its own for a job that a busy machine held up
+    # past 50 ms). RQ's steps, folded, take 2.
+    assert worker <= 1.6, worker
 
 
 def test_events_of_a_quick_job_come_in_order_with_its_success(ctx: Phase1) -> None:

@@ -75,42 +75,42 @@ def test_deadline_runs_its_steps_in_order_unless_cancelled() -> None:
 
 
 def test_remembered_serializers_answer_as_rq_does() -> None:
-    """phase1.fastworker.resolve_serializer: RQ's answers and errors, looked up once."""
+    """phase1.rqparts.resolve_serializer: RQ's answers and errors, looked up once."""
     import rq.job
     import rq.serializers
     from rq.serializers import JSONSerializer
 
-    from phase1 import fastworker
+    from phase1 import rqparts
 
-    rq_resolve = fastworker._rq_resolve_serializer
+    rq_resolve = rqparts._rq_resolve_serializer
     for given in (None, JSONSerializer, "rq.serializers.JSONSerializer"):
-        assert fastworker.resolve_serializer(given) is rq_resolve(given)
-        assert fastworker.resolve_serializer(given) is rq_resolve(given)  # from the memory
+        assert rqparts.resolve_serializer(given) is rq_resolve(given)
+        assert rqparts.resolve_serializer(given) is rq_resolve(given)  # from the memory
     with pytest.raises(NotImplementedError):
-        fastworker.resolve_serializer(object())
-    fastworker._speed_up_rq()
-    assert rq.job.resolve_serializer is fastworker.resolve_serializer
+        rqparts.resolve_serializer(object())
+    rqparts.speed_up_rq()
+    assert rq.job.resolve_serializer is rqparts.resolve_serializer
     assert rq.serializers.resolve_serializer is rq_resolve  # RQ's own stays as it was
 
 
 def test_rqs_timestamps_read_as_rq_reads_them() -> None:
-    """fastworker.str_to_date (fromisoformat for RQ's own format) answers as RQ's does."""
+    """rqparts.str_to_date (fromisoformat for RQ's own format) answers as RQ's does."""
     from rq.utils import str_to_date as rq_str_to_date
 
-    from phase1 import fastworker
+    from phase1 import rqparts
 
     for text in (
         "2026-11-28T18:32:10.410070Z",
         b"2026-11-28T18:32:10.000000Z",
         "2026-11-28T18:32:10Z",  # RQ's older format: RQ's own parser
     ):
-        assert fastworker.str_to_date(text) == rq_str_to_date(text)
-        assert fastworker.str_to_date(text).tzinfo == rq_str_to_date(text).tzinfo
+        assert rqparts.str_to_date(text) == rq_str_to_date(text)
+        assert rqparts.str_to_date(text).tzinfo == rq_str_to_date(text).tzinfo
     for bad in ("", "2026-11-28 18:32:10.410070Z", "not a dateXXXXXXXXXXXXXXXXXZ"):
         with pytest.raises(ValueError):
             rq_str_to_date(bad)
         with pytest.raises(ValueError):
-            fastworker.str_to_date(bad)
+            rqparts.str_to_date(bad)
 
 
 def test_the_lanes_timestamps_are_rqs_format() -> None:
@@ -118,12 +118,12 @@ def test_the_lanes_timestamps_are_rqs_format() -> None:
 
     from rq.utils import utcformat
 
-    from phase1 import lane
+    from phase1 import lanescripts
 
     for moment in (1795890730.410070, 1795890730.0, 1.5):
         when = datetime.fromtimestamp(moment, UTC)
-        assert lane._stamp(moment) == utcformat(when)
-        assert lane._utc(when) == utcformat(when)
+        assert lanescripts.stamp(moment) == utcformat(when)
+        assert lanescripts.utc(when) == utcformat(when)
 
 
 def test_the_alarm_penalty_times_a_job_out_and_ignores_a_stray_alarm() -> None:
@@ -134,7 +134,7 @@ def test_the_alarm_penalty_times_a_job_out_and_ignores_a_stray_alarm() -> None:
 
     from rq.timeouts import JobTimeoutException
 
-    from phase1.fastworker import AlarmDeathPenalty, _on_alarm
+    from phase1.rqparts import AlarmDeathPenalty, _on_alarm
 
     try:
         with pytest.raises(JobTimeoutException), AlarmDeathPenalty(1, JobTimeoutException):
