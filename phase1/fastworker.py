@@ -205,9 +205,7 @@ class FastWorker(lane.LaneWorker):
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         started, self._already_started = self._already_started, None
         if started is not None and started[0] == job.id:  # the lane wrote it all already
-            job.worker_name = self.name  # what RQ's prepare_for_execution sets on the job
-            job.last_heartbeat = job.started_at = started[1].created_at
-            job._status = JobStatus.STARTED
+            self._mark_started(job, started[1])
             return
         pipeline = self._prepare_pipeline
         if pipeline is None:  # not called from execute_job: RQ's own

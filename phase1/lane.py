@@ -54,6 +54,11 @@ QUICK_S = 0.002
 QUICK_RUNS = 3
 
 
+def _before(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The fields STEP's start changes, as they were (for UNSTART)."""
+    return {f: fields[f] for f in STARTED_FIELDS if f in fields}
+
+
 @dataclass
 class Taken:
     """A job the lane took off its queue (into its intermediate list), started or not."""
@@ -137,9 +142,7 @@ class LaneWorker(SimpleWorker):
 
     def _perform_plain(self, job: Job, queue: Queue, execution: Execution) -> None:
         """RQ's perform_job for a job already started, with its success in one STEP."""
-        job.worker_name = self.name  # what RQ's prepare_for_execution sets on the job
-        job.last_heartbeat = job.started_at = execution.created_at
-        job._status = JobStatus.STARTED
+        self._mark_started(job, execution)
         try:
             job.started_at = now()
             timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
@@ -157,6 +160,12 @@ class LaneWorker(SimpleWorker):
             exc_info = sys.exc_info()
             self._settle_quietly()
             self._finalize_failure(job, queue, execution, exc_info)
+
+    def _mark_started(self, job: Job, execution: Execution) -> None:
+        """What RQ's prepare_for_execution sets on the job, for a job STEP started."""
+        job.worker_name = self.name
+        job.last_heartbeat = job.started_at = execution.created_at
+        job._status = JobStatus.STARTED
 
     def _finish_plain(self, job: Job, queue: Queue, execution: Execution, value: Any) -> None:
         assert job.started_at is not None and job.ended_at is not None
@@ -245,8 +254,10 @@ class LaneWorker(SimpleWorker):
         self._housekept_at = time.monotonic()  # a start beats for the worker too
         return [int(moment), repr(moment), stamp(moment), *self._header_tail]
 
-    def _execution(self, job_id: str, moment: float) -> Execution:
-        execution = Execution(uuid4().hex, job_id, self.connection, worker_name=self.name)
+    def _execution(self, job_id: str, moment: float, execution_id: str = "") -> Execution:
+        """The Execution STEP writes for a job it starts at `moment` (a new id by default)."""
+        execution_id = execution_id or uuid4().hex
+        execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
         execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(moment, UTC)
         return execution
 
@@ -372,13 +383,9 @@ class LaneWorker(SimpleWorker):
             self._put_back_unread(as_text(queue_key), as_text(job_id), fields, pttl, started)
             self._no_take_once = True
             return
-        taken = Taken(job, queue, int(pttl), {f: fields[f] for f in STARTED_FIELDS if f in fields})
+        taken = Taken(job, queue, int(pttl), _before(fields))
         if started is not None:
-            execution = Execution(started[0], job.id, self.connection, worker_name=self.name)
-            execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(
-                started[1], UTC
-            )
-            taken.execution = execution
+            taken.execution = self._execution(job.id, started[1], started[0])
             self._state_written = self._state = WorkerStatus.BUSY
         if self._prefetched is None:
             self._prefetched, self._prefetched_taken = (job, queue), taken
@@ -412,8 +419,7 @@ class LaneWorker(SimpleWorker):
             self._hand_back(queue_key, job_id)
             return
         origin = as_text(fields.get(b"origin", b""))
-        before = {f: fields[f] for f in STARTED_FIELDS if f in fields}
-        self._unstart(queue_key, job_id, origin, started[0], int(pttl), before)
+        self._unstart(queue_key, job_id, origin, started[0], int(pttl), _before(fields))
 
     def _unstart(
         self,
