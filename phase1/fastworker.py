@@ -302,14 +302,7 @@ class FastWorker(lane.LaneWorker):
     def _take_next_in(self, pipe: Pipeline) -> bool:
         """Add TAKE for the next job to the success transaction, unless this worker is about
         to stop (or Redis lacks LMOVE)."""
-        if self._no_take_once:
-            self._no_take_once = False
-            return False
-        if (
-            self._stop_requested
-            or self._prefetched is not None
-            or not taking.can_take(self.connection)
-        ):
+        if not self._take_next() or self._prefetched is not None:
             return False
         order = tuple(q.key for q in self._ordered_queues)
         if self._take_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)

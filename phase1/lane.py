@@ -121,6 +121,8 @@ class LaneWorker(SimpleWorker):
         )
 
     def _take_next(self) -> bool:
+        """Whether to take another job now: not when stopping, when one is held already, or
+        right after a job that could not be read was put back."""
         if self._no_take_once:
             self._no_take_once = False
             return False
