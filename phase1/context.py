@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from psycopg_pool import ConnectionPool
 from redis import ConnectionPool as RedisPool
 from redis import Redis
 from redis.backoff import NoBackoff
@@ -19,9 +19,13 @@ from redis.retry import Retry
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from phase1 import db
 from phase1.errors import ConfigError, UnavailableError
 from phase1.settings import Settings, redact_url
+
+if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used (see LazyPool)
+    from psycopg_pool import ConnectionPool
+
+    from phase1 import db
 
 
 @dataclass
@@ -50,12 +54,16 @@ class Phase1:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[db.Conn]:
+        from phase1 import db
+
         with db.transaction(self.pool, self.database_url) as conn:
             yield conn
 
     @contextlib.contextmanager
     def read(self) -> Iterator[db.Conn]:
         """A connection for single-statement reads (autocommit: one round trip each)."""
+        from phase1 import db
+
         with db.read(self.pool, self.database_url) as conn:
             yield conn
 
@@ -97,10 +105,56 @@ HTTP_REDIS_OPTIONS: dict[str, Any] = {
 }
 
 
+class LazyPool:
+    """A PostgreSQL pool opened at its first use, in whichever thread comes first.
+
+    psycopg and its pool cost a worker about as much start-up time as redis-py and RQ together
+    (about 160 ms here), and a worker whose jobs never touch PostgreSQL should not pay it
+    before its first job. Any attribute of the pool (`connection()`, `conninfo`,
+    `get_stats()`...) opens it; `close()` closes it if it was opened. Like the pool itself, it
+    may cross a fork only unopened.
+    """
+
+    def __init__(self, open_pool: Callable[[], ConnectionPool[db.Conn]]) -> None:
+        self._open_pool = open_pool
+        self._pool: ConnectionPool[db.Conn] | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def opened(self) -> bool:
+        return self._pool is not None
+
+    def get(self) -> ConnectionPool[db.Conn]:
+        """The pool, opened now if this is its first use."""
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._closed:
+                    from psycopg_pool import PoolClosed
+
+                    raise PoolClosed("the pool is already closed")
+                if self._pool is None:
+                    self._pool = self._open_pool()
+                pool = self._pool
+        return pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        if pool is not None:
+            pool.close(timeout)
+
+
 def build(
     settings: Settings, *, pool_size: int = 4, http: bool = False, **pool_options: Any
 ) -> Phase1:
-    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use).
+    """Connect to Redis and PostgreSQL (lazily: nothing is sent until first use, and psycopg
+    is not even imported until PostgreSQL is first used; see LazyPool).
 
     `pool_options` go to `db.open_pool` (the HTTP app's watchdog passes its `check`)."""
     database_url = _required(settings.database_url, "DATABASE_URL")
@@ -109,14 +163,23 @@ def build(
     )
     statement_ms = 2500 if http else settings.db_statement_timeout_ms
     lock_ms = 2000 if http else settings.db_lock_timeout_ms
-    pool = db.open_pool(
-        database_url,
-        statement_timeout_ms=statement_ms,
-        lock_timeout_ms=lock_ms,
-        max_size=pool_size,
-        **pool_options,
-    )
-    return Phase1(settings=settings, redis=redis, pool=pool)
+
+    def open_pool() -> ConnectionPool[db.Conn]:
+        from phase1 import db
+
+        return db.open_pool(
+            database_url,
+            statement_timeout_ms=statement_ms,
+            lock_timeout_ms=lock_ms,
+            max_size=pool_size,
+            **pool_options,
+        )
+
+    lazy = LazyPool(open_pool)
+    if http:
+        lazy.get()  # a server opens it at once: its first request should not pay for it
+    # Typed as the pool it stands for: every use goes through to it.
+    return Phase1(settings=settings, redis=redis, pool=cast("ConnectionPool[db.Conn]", lazy))
 
 
 _process_context: tuple[int, Phase1] | None = None

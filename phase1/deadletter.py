@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from redis import Redis
@@ -22,9 +22,11 @@ from rq.job import Job, JobStatus
 from phase1 import events, executions, keys
 from phase1 import queue as jobs
 from phase1.context import Phase1
-from phase1.db import Row
 from phase1.errors import NotFoundError, Phase1Error, UnavailableError
 from phase1.settings import redact_url
+
+if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
+    from phase1.db import Row
 
 log = logging.getLogger(__name__)
 

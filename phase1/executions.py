@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from psycopg.types.json import Jsonb
-
-from phase1.db import Conn, Row
+if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
+    from phase1.db import Conn, Row
 
 SQL_INSERT = """
 INSERT INTO marketplace_job_executions
@@ -179,6 +178,8 @@ def set_progress(conn: Conn, job_id: str, progress: int) -> None:
 
 def complete(conn: Conn, job_id: str, attempt: int, result: dict[str, Any]) -> Row | None:
     end_attempt(conn, job_id, attempt, "completed")
+    from psycopg.types.json import Jsonb
+
     return conn.execute(SQL_COMPLETE, {"job_id": job_id, "result": Jsonb(result)}).fetchone()
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import traceback as tb_module
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal
 
-from psycopg.errors import LockNotAvailable, QueryCanceled
 from pydantic import ValidationError
 from redis import Redis
 from rq import get_current_job
@@ -88,9 +88,13 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
 
 def _database_timeout(exc: BaseException | None) -> BaseException | None:
     """The statement or lock timeout behind `exc`, if any (db.py wraps driver errors)."""
+    errors = sys.modules.get("psycopg.errors")
+    if errors is None:
+        return None  # psycopg never loaded in this process: no driver error behind `exc`
+    timeouts: tuple[type[BaseException], ...] = (errors.QueryCanceled, errors.LockNotAvailable)
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, QueryCanceled | LockNotAvailable):
+        if isinstance(exc, timeouts):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

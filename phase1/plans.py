@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from phase1.db import Conn, Row
 from phase1.errors import InvalidInputError, NotFoundError, PermanentJobError
 from phase1.schemas import Analysis, Plan, Task
+
+if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
+    from phase1.db import Conn, Row
 
 SQL_INSERT_PLAN = """
 INSERT INTO marketplace_plans (id, title, status, analysis)
@@ -68,6 +69,8 @@ def create_plan(conn: Conn, title: str, analysis: dict[str, Any]) -> Plan:
     if len(title) > 500:
         raise InvalidInputError("title is longer than 500 characters")
     validate_analysis(analysis)
+    from psycopg.types.json import Jsonb
+
     row = conn.execute(
         SQL_INSERT_PLAN, {"id": uuid.uuid4(), "title": title, "analysis": Jsonb(analysis)}
     ).fetchone()

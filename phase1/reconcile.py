@@ -16,16 +16,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from phase1 import events, keys
 from phase1 import queue as jobs
 from phase1.context import Phase1
-from phase1.db import Conn
 from phase1.errors import UnavailableError
 from phase1.settings import redact_url
+
+if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
+    from phase1.db import Conn
 
 log = logging.getLogger(__name__)
 

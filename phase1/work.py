@@ -25,11 +25,13 @@ the server wakes, after the job gave up on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from phase1 import executions, plans
-from phase1.db import Conn, Row
+
+if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
+    from phase1.db import Conn, Row
 
 _START_SELECT = "SELECT exe.plan_id, exe.attempt FROM exe\n"
 assert executions.SQL_START_ATTEMPT_ASYNC.endswith(_START_SELECT)

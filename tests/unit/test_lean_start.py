@@ -71,6 +71,29 @@ def test_phase1_worker_runs_without_the_cli_libraries() -> None:
     assert "phase1.cli.root" not in loaded and "phase1.cli.common" not in loaded
 
 
+def test_a_worker_loads_psycopg_only_when_postgresql_is_first_used() -> None:
+    # Everything a worker imports and builds before its first job, then the first use of
+    # PostgreSQL (the pool's attribute); nothing is sent, so no server is needed.
+    loaded = loaded_after(
+        """
+        import sys
+        import phase1.job, phase1.worker, phase1.checks
+        from phase1.context import build
+        from phase1.settings import load_settings
+
+        ctx = build(load_settings(redis_url="redis://127.0.0.1:1/0",
+                                  database_url="postgresql://127.0.0.1:1/none"))
+        before = sorted(m for m in sys.modules if m.split(".")[0].startswith("psycopg"))
+        assert not before, before
+        assert not ctx.pool.opened
+        ctx.pool.max_size  # any attribute opens the pool (its connection attempts fail quietly)
+        assert ctx.pool.opened
+        ctx.close()
+        """
+    )
+    assert {"psycopg", "psycopg_pool", "phase1.db"} <= loaded
+
+
 def test_reading_the_settings_loads_neither_psycopg_nor_the_event_modules() -> None:
     loaded = loaded_after(
         """
