@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+from hiredis import pack_command
 from redis.connection import Connection
 from redis.exceptions import NoScriptError, RedisError
 from rq import SimpleWorker
@@ -178,7 +179,7 @@ class LaneWorker(SimpleWorker):
         args += [repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp())]
         args += [encoded(value, self.serializer)]
         args += [repr((job.ended_at - job.started_at).total_seconds())]
-        args += [job.dependents_key, job.dependencies_key]
+        args += [job.dependents_key, job.dependencies_key if job._dependency_ids else ""]
         self._settle()  # the STEP that started this job (and took the one after it)
         stage = staging.current
         staged = stage.take() if stage is not None else []
@@ -323,7 +324,10 @@ class LaneWorker(SimpleWorker):
         if self._sender is None:
             self._sender = self.connection.connection_pool.get_connection()
         try:
-            self._sender.send_command("EVALSHA", STEP_SHA, 0, *args)  # type: ignore[no-untyped-call]
+            # hiredis packs STEP's str and int arguments directly (redis-py's send_command
+            # would first look at each of its ~45 arguments for bytearrays and memoryviews).
+            packed = pack_command(("EVALSHA", STEP_SHA, 0, *args))
+            self._sender.send_packed_command([packed])  # type: ignore[no-untyped-call]
         except BaseException:
             self._drop_sender()
             raise

@@ -75,14 +75,18 @@ if ARGV[i] == 'finish' then
   redis.call('EXPIRE', rkey, ttl)
   redis.call('ZADD', FINISHED .. origin, now + ttl, id)
   redis.call('EXPIRE', job, ttl)
-  redis.call('EXPIRE', dependents_key, ttl)
-  redis.call('EXPIRE', dependencies_key, ttl)
+  if dependents > 0 then  -- a set with no members does not exist: nothing to expire
+    redis.call('EXPIRE', dependents_key, ttl)
+  end
+  if dependencies_key ~= '' then  -- '': the job has no dependencies (no such set)
+    redis.call('EXPIRE', dependencies_key, ttl)
+  end
   redis.call('DEL', EXECUTION .. id .. ':' .. exec)
   redis.call('ZREM', WIP .. origin, id .. ':' .. exec)
   redis.call('ZREM', EXECUTIONS .. id, exec)
   redis.call('SREM', wexec, id .. ':' .. exec)
-  redis.call('HSET', wkey, 'state', 'idle')
 end
+local finished = dependents >= 0
 i = i + 1
 
 -- 2. 'given': start a job the worker holds.
@@ -146,6 +150,9 @@ if ARGV[i] == 'next' then
       peeked = {key, id, hash, redis.call('PTTL', job_prefix .. id)}
     end
   end
+end
+if finished and not started then  -- a job started after it leaves the worker busy
+  redis.call('HSET', wkey, 'state', 'idle')
 end
 return {dependents, taken, peeked}
 """

@@ -68,6 +68,8 @@ def _left_behind(redis: Redis, queue: Queue, job_ids: list[str]) -> list[dict[st
                 "result ttl": round(redis.ttl(f"rq:results:{job_id}"), -1),
                 "finished for": round(finished[job_id.encode()] - now, -1),
                 "executions": redis.zcard(f"rq:executions:{job_id}"),
+                "dependents ttl": round(redis.ttl(job.dependents_key), -1),
+                "dependencies ttl": round(redis.ttl(job.dependencies_key), -1),
                 "execution keys": len(redis.keys(f"rq:execution:{job_id}:*")),
                 "started at <= ended at": job.started_at <= job.ended_at,
             }
@@ -79,19 +81,24 @@ def test_the_lane_leaves_what_rqs_own_worker_leaves(redis: Redis, queue_name: st
     runs = {}
     for kind, worker_class in (("rq", SimpleWorker), ("lane", FastWorker)):
         queue = _queue(redis, f"{queue_name}-{kind}")
+        first = queue.enqueue("lane_jobs.answer", 7, result_ttl=600)
         job_ids = [
-            queue.enqueue("lane_jobs.answer", 7, result_ttl=600).id,
+            first.id,
             queue.enqueue("bench.jobs.noop", result_ttl=600).id,
             queue.enqueue("lane_jobs.answer", 8, result_ttl=900, ttl=300).id,
+            queue.enqueue("lane_jobs.answer", 9, result_ttl=700, depends_on=first).id,
         ]
         worker = _work(worker_class, queue)
         runs[kind] = _left_behind(redis, queue, job_ids)
+        runs[kind].append({"worker state": redis.hget(worker.key, "state")})
         assert StartedJobRegistry(queue=queue).count == 0
         assert redis.scard(f"rq:worker:{worker.name}:executions") == 0
         stats = redis.hmget(worker.key, ["successful_job_count", "total_working_time"])
-        assert int(stats[0] or 0) == 3 and float(stats[1] or 0) > 0
+        assert int(stats[0] or 0) == 4 and float(stats[1] or 0) > 0
     assert runs["lane"] == runs["rq"]
-    assert [r["result"] for r in runs["lane"]] == [{"answer": 7}, None, {"answer": 8}]
+    results = [r.get("result") for r in runs["lane"][:-1]]
+    assert results == [{"answer": 7}, None, {"answer": 8}, {"answer": 9}]
+    assert runs["lane"][3]["dependencies ttl"] == 700  # a dependency set expires with its job
 
 
 def test_a_busy_worker_spends_one_round_trip_a_plain_job(
