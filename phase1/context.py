@@ -67,6 +67,12 @@ class Phase1:
         with db.read(self.pool, self.database_url) as conn:
             yield conn
 
+    def open_pool(self) -> None:
+        """Open the PostgreSQL pool now, not at its first use (it connects in the background)."""
+        pool: Any = self.pool
+        if isinstance(pool, LazyPool):
+            pool.get()
+
     def close(self) -> None:
         self.pool.close()
         self.redis.close()

@@ -299,6 +299,7 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
         # The worker heartbeats its horse's execution this often (RQ: every 30 s).
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
         super().__init__(*args, **kwargs)
+        import phase1.db  # noqa: F401 -- each horse forks with psycopg loaded, not importing it
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Until the next heartbeat plus a margin (RQ adds 60 s): a killed worker's job is

@@ -66,9 +66,13 @@ def parse(argv: list[str]) -> WorkerArgs | None:
     return args
 
 
-def start_worker(st: State, args: WorkerArgs) -> int:
-    """Run `phase1 worker` (one worker here, or a supervisor of several); its exit code."""
+def start_worker(st: State, args: WorkerArgs, *, supervised: bool = False) -> int:
+    """Run `phase1 worker` (one worker here, or a supervisor of several); its exit code.
+
+    A worker started on its own imports psycopg when a job first needs PostgreSQL; a
+    supervisor imports it before it forks its workers, which open their pools at once."""
     if args.processes > 1:
+        import phase1.db  # noqa: F401 -- every worker forked from here has psycopg loaded
         from phase1.checks import run_startup_checks
         from phase1.worker import supervise
 
@@ -86,8 +90,11 @@ def start_worker(st: State, args: WorkerArgs) -> int:
         )
     from phase1.worker import run
 
+    ctx = st.connect(pool_size=4)
+    if supervised:
+        ctx.open_pool()  # psycopg came with the fork: connect in the background now
     run(
-        st.connect(pool_size=4),
+        ctx,
         burst=args.burst,
         fork=args.fork,
         name=args.name,
@@ -102,17 +109,17 @@ def run_supervised(argv: list[str]) -> int:
     args = parse(argv)
     if args is None:
         os.execv(sys.executable, [sys.executable, "-m", "phase1", "worker", *argv])
-    return run_command(args)
+    return run_command(args, supervised=True)
 
 
-def run_command(args: WorkerArgs) -> int:
+def run_command(args: WorkerArgs, *, supervised: bool = False) -> int:
     """What the Typer app does around the worker command, without it: logging set up, settings
     read and checked, errors as one stderr line with their exit code, connections closed."""
     setup_logging(False, "worker")
     st = State()
     try:
         _ = st.settings  # a bad setting stops the command with one line
-        return start_worker(st, args)
+        return start_worker(st, args, supervised=supervised)
     except (RedisConnectionError, RedisTimeoutError, Phase1Error) as exc:
         from phase1.cli.common import error_exit
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import textwrap
 import uuid
+from pathlib import Path
 
-from support import PHASE1, settings_env
+from rq import Worker
+from support import PHASE1, Processes, child_pids, settings_env, wait_until
 
 from phase1 import approval, plans
 from phase1.context import Phase1
@@ -52,3 +56,37 @@ def test_workers_that_cannot_reach_redis_exit_1_with_one_line_each(ctx: Phase1) 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("127.0.0.1:1" in line for line in errors)
     assert "Traceback" not in result.stderr
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_supervisor_forks_its_workers_with_psycopg_loaded(
+    ctx: Phase1, processes: Processes
+) -> None:
+    # A worker started on its own loads psycopg at PostgreSQL's first use; workers forked
+    # from a supervisor find it loaded (libpq mapped), so a replacement starts in milliseconds.
+    supervisor = processes.worker(ctx.settings, "--processes", "2")
+    wait_until(lambda: len(Worker.all(queue=ctx.queue())) == 2, timeout=60, what="two workers up")
+    assert "libpq" in _maps(supervisor.pid)
+    children = child_pids(supervisor.pid)
+    assert len(children) == 2 and all("libpq" in _maps(pid) for pid in children)
+
+
+def test_a_forking_worker_has_psycopg_loaded_before_its_first_horse(ctx: Phase1) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from redis import Redis
+        from phase1.worker import Phase1ForkingWorker
+
+        before = "psycopg" in sys.modules
+        Phase1ForkingWorker(["{ctx.settings.queue}"], connection=Redis.from_url("{ctx.redis_url}"))
+        print(before, "psycopg" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.split() == ["False", "True"]
