@@ -146,6 +146,8 @@ class LazyPool:
         return pool
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # its own, not yet set (a copy made without __init__)
+            raise AttributeError(name)
         return getattr(self.get(), name)
 
     def close(self, timeout: float = 5.0) -> None:

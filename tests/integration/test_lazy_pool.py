@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
@@ -55,5 +56,14 @@ def test_a_server_opens_its_pool_at_once(settings: Settings) -> None:
         lazy: Any = ctx.pool
         assert lazy.opened
         lazy.wait(timeout=5)  # its first connection is made before any request needs it
+    finally:
+        ctx.close()
+
+
+def test_a_copy_of_an_unopened_pool_opens_nothing_by_itself(settings: Settings) -> None:
+    ctx = build(settings)
+    try:
+        copied: Any = copy.copy(ctx.pool)
+        assert not copied.opened and not ctx.pool.opened  # type: ignore[attr-defined]
     finally:
         ctx.close()
