@@ -145,11 +145,16 @@ class FastWorker(lane.LaneWorker):
         if self._prefetched is not None and self._prefetched[0].id == job.id:
             taken = self._prefetched_taken  # started now: no longer to hand back
             self._prefetched, self._prefetched_taken = None, None
-            if self._peeked is not None:  # the one after it is next now
-                peeked, self._peeked = self._peeked, None
+            if self._peeked:  # the one after it is next now
+                peeked = self._peeked.popleft()
                 self._prefetched, self._prefetched_taken = (peeked.job, peeked.queue), peeked
         if taking.popped is not None and taking.popped[1] == job.id:
             taking.popped = None
+        if self._holds_behind() and not self._quick(job):
+            # Held for a quick job, they would wait for this one: back to their queues, for
+            # any worker (after the answers on their way, which may bring more).
+            self._settle()
+            self._return_held()
         plain = self._lane_on and self._plain(job)
         if taken is not None and taken.execution is not None:
             execution = taken.execution  # the lane started it
@@ -176,6 +181,10 @@ class FastWorker(lane.LaneWorker):
             stage.close()
         if not self._started_next():
             self.set_state(WorkerStatus.IDLE)
+
+    def _holds_behind(self) -> bool:
+        """Whether jobs the lane took wait in this worker's hands (or are on their way)."""
+        return bool(self._peeked or self._pending or self._following() is not None)
 
     def _started_next(self) -> bool:
         """Whether the lane has started the job to run next (the worker stays busy)."""
@@ -302,7 +311,7 @@ class FastWorker(lane.LaneWorker):
     def _take_next_in(self, pipe: Pipeline) -> bool:
         """Add TAKE for the next job to the success transaction, unless this worker is about
         to stop (or Redis lacks LMOVE)."""
-        if not self._take_next() or self._prefetched is not None:
+        if not self._take_next() or self._prefetched is not None or self._peeked:
             return False
         order = tuple(q.key for q in self._ordered_queues)
         if self._take_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
@@ -343,16 +352,8 @@ class FastWorker(lane.LaneWorker):
         """A job taken for next but not started goes back to the front of its queue; so does
         one a stop signal caught between its pop and the worker holding it."""
         with contextlib.suppress(RedisError):
-            self._settle()  # what the last STEP took is known after its answer
-        peeked, self._peeked = self._peeked, None
-        if peeked is not None:  # first: the job to run next goes back in front of it
-            self._put_back(peeked)
-        prefetched, self._prefetched = self._prefetched, None
-        taken, self._prefetched_taken = self._prefetched_taken, None
-        if taken is not None:
-            self._put_back(taken)
-        elif prefetched is not None:
-            self._hand_back(prefetched[1].key, prefetched[0].id)
+            self._settle()  # what the last STEPs took is known after their answers
+        self._return_held()
         popped, taking.popped = taking.popped, None
         # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
         if popped is not None and self._stop_requested:

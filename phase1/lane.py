@@ -7,12 +7,23 @@ registry entries and expiries RQ's own worker writes for those steps (execution 
 expiries, worker counters). Only the Python changes: no RQ Job save, Result or Execution
 objects per job, one EVALSHA packed instead of about 40 commands.
 
-STEP is sent and the next job run at once; its answer (the job after, the finished job's
-dependents) is read when that job ends. Redis runs one connection's commands in order, so
-the start is written before anything the worker writes about the job later, and every
+STEP is sent and the next job run at once; its answer (the jobs taken after it, the finished
+job's dependents) is read when that job ends. Redis runs one connection's commands in order,
+so the start is written before anything the worker writes about the job later, and every
 other path for the job (its failure, a Retry, RQ's own steps, putting it back) reads the
 answer first. A job that reads its own RQ status in its first moments may still see it
 `queued`; a job with staged writes (a Phase 1 job's events) waits for its STEP.
+
+Behind a quick job the worker holds up to HELD taken jobs, so at its end the job to run next
+is known already: the STEP that finishes it and starts that one goes out first, and the
+answer of the STEP before it is read after (two on their way at most). The worker then
+waits for Redis only when Redis, not the worker, is the bottleneck. A STEP Redis refuses
+(NOSCRIPT after its script cache was emptied, out of memory) is read with those sent after
+it and run again in order; one whose successor ran (another client loaded the script in
+between) runs without the start of the job its successor finished, and takes no more jobs.
+Answers lost with their connection leave what those STEPs did unknown: the jobs the worker
+holds go back to their queues (UNSTART, or from the intermediate list when their start was
+not written), and the job being finished takes its failure path, as before.
 
 A job STEP started that the worker then does not run (stop, suspension, `max_jobs`) goes
 back as it was, at the front of its queue (UNSTART). A worker killed in that moment leaves
@@ -25,6 +36,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +44,7 @@ from uuid import uuid4
 
 from hiredis import pack_command
 from redis.connection import Connection
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from rq import SimpleWorker
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.intermediate_queue import IntermediateQueue
@@ -53,6 +65,10 @@ from phase1.taking import can_take as _can_take
 # would wait for them, and another worker could have run it).
 QUICK_S = 0.002
 QUICK_RUNS = 3
+# How many taken jobs may wait in a worker's hands behind a quick one: two, so that the STEP
+# that starts the next job can go out before the answer of the one before it is read (the
+# worker then waits for Redis only when Redis is the slower of the two).
+HELD = 2
 
 
 def _before(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -79,6 +95,8 @@ class Pending:
     args: list[Any]
     job: Job | None  # the job it finished
     queue: Queue | None
+    given_at: int = 0  # where its 'given' part starts in args
+    peeks: int = 0  # how many jobs it may take without starting them
 
 
 class LaneWorker(SimpleWorker):
@@ -100,8 +118,8 @@ class LaneWorker(SimpleWorker):
         self._no_take_once = False
         self._prefetched: tuple[Job, Queue] | None = None  # the job to run next
         self._prefetched_taken: Taken | None = None  # … when the lane took it
-        self._peeked: Taken | None = None  # the one after it
-        self._pending: Pending | None = None
+        self._peeked: deque[Taken] = deque()  # the ones after it (HELD at most), in order
+        self._pending: deque[Pending] = deque()  # oldest first
         self._sender: Connection | None = None  # the connection STEPs are sent on unanswered
         self._quick_runs: dict[str, int] = {}  # function name: quick runs in a row
         self._queues_by_key = {q.key: q for q in self.queues}
@@ -122,14 +140,24 @@ class LaneWorker(SimpleWorker):
         )
 
     def _take_next(self) -> bool:
-        """Whether to take another job now: not when stopping, when one is held already, or
-        right after a job that could not be read was put back."""
+        """Whether to take or start another job now: not when stopping, or right after a job
+        that could not be read was put back."""
         if self._no_take_once:
             self._no_take_once = False
             return False
-        return not (
-            self._stop_requested or self._peeked is not None or not _can_take(self.connection)
-        )
+        return not (self._stop_requested or not _can_take(self.connection))
+
+    def _following(self) -> Taken | None:
+        """The job the worker holds to run next, if the lane took it."""
+        return self._prefetched_taken if self._prefetched is not None else None
+
+    def _peeks(self, job: Job) -> int:
+        """How many jobs a STEP that starts `job` may take to hold behind it: up to HELD with
+        those held or on their way already, and none behind a job not known to be quick."""
+        if not self._quick(job):
+            return 0
+        on_their_way = sum(pending.peeks for pending in self._pending)
+        return max(0, HELD - len(self._peeked) - on_their_way)
 
     # -- a plain job's run -------------------------------------------------------------------
 
@@ -138,7 +166,8 @@ class LaneWorker(SimpleWorker):
         moment = time.time()
         execution = self._execution(job.id, moment)
         args = [*self._header(moment), "none", *self._given(job, execution)]
-        args += self._next_args("-", take=False, peek=self._prefetched is None and self._quick(job))
+        peeks = self._peeks(job) if self._prefetched is None else 0
+        args += self._next_args("-", take=False, peeks=peeks)
         self._after(self._step(args, []), None, None, None)
         self._state_written = self._state = WorkerStatus.BUSY
         return execution
@@ -180,28 +209,44 @@ class LaneWorker(SimpleWorker):
         args += [encoded(value, self.serializer)]
         args += [repr((job.ended_at - job.started_at).total_seconds())]
         args += [job.dependents_key, job.dependencies_key if job._dependency_ids else ""]
-        self._settle()  # the STEP that started this job (and took the one after it)
         stage = staging.current
+        # Ahead: the job to run next is held already (not started), so this STEP can start it
+        # before the answer of the STEP on its way is read; that answer is read after it.
+        following = self._following()
+        ahead = (
+            bool(self._pending)
+            and following is not None
+            and following.execution is None
+            and not (stage is not None and stage.items)
+        )
+        if not ahead:
+            self._settle()  # the STEP that started this job (and took the one after it)
+            following = self._following()
         staged = stage.take() if stage is not None else []
-        following = self._prefetched_taken if self._prefetched is not None else None
         go_on = self._take_next()
         next_execution = "-"
+        given_at = len(args)
+        peeks = 0
         if go_on and following is not None and following.execution is None:
             following.execution = self._execution(following.job.id, moment)
             args += self._given(following.job, following.execution)
-            args += self._next_args("-", take=False, peek=self._quick(following.job))
+            peeks = self._peeks(following.job)
+            args += self._next_args("-", take=False, peeks=peeks)
         else:
             following = None
             args.append("none")
             if go_on and self._prefetched is None:
                 next_execution = uuid4().hex
-                args += self._next_args(next_execution, take=True, peek=False)
+                args += self._next_args(next_execution, take=True, peeks=0)
             else:
                 args.append("-")
         try:
             if following is not None and not staged:
-                self._send(args, job, queue)  # the answer is read when `following` ends
+                # The answer is read when `following` ends (or, ahead, the one before it now).
+                self._send(args, job, queue, given_at, peeks)
                 answer = None
+                if ahead:
+                    self._settle(keep_last=True)
             else:
                 answer = self._step(args, staged)
         except BaseException:
@@ -216,9 +261,14 @@ class LaneWorker(SimpleWorker):
             self._state_written = self._state = WorkerStatus.BUSY
         if answer is not None:
             self._after(answer, job, queue, (next_execution, moment))
-            if self._started_quick_job_alone():  # take the one after it while it runs
-                peek = [*self._header(time.time()), "none", "none"]
-                self._send([*peek, *self._next_args("-", take=False, peek=True)], None, None)
+            if self._started_quick_job_alone():  # take the ones after it while it runs
+                taken = self._prefetched_taken
+                assert taken is not None
+                peek = [*self._header(time.time()), "none"]
+                given_at = len(peek)
+                peeks = self._peeks(taken.job)
+                peek += ["none", *self._next_args("-", take=False, peeks=peeks)]
+                self._send(peek, None, None, given_at, peeks)
         for _, then in staged:
             if then is not None:
                 then()
@@ -246,8 +296,8 @@ class LaneWorker(SimpleWorker):
         return (
             taken is not None
             and taken.execution is not None
-            and self._peeked is None
-            and self._pending is None
+            and not self._peeked
+            and not self._pending
             and self._quick(taken.job)
         )
 
@@ -271,10 +321,10 @@ class LaneWorker(SimpleWorker):
         ttl = self.get_heartbeat_ttl(job)
         return ["given", job.id, job.key, job.origin, ttl, intermediate, execution.id]
 
-    def _next_args(self, execution_id: str, *, take: bool, peek: bool) -> list[Any]:
-        """'next' (the execution id is for a job it takes and starts), or '-' (nothing)."""
-        peek = peek and self._peeked is None
-        if not (take or peek):
+    def _next_args(self, execution_id: str, *, take: bool, peeks: int) -> list[Any]:
+        """'next' (the execution id is for a job it takes and starts; `peeks`: how many it
+        takes after that without starting them), or '-' (nothing)."""
+        if not (take or peeks):
             return ["-"]
         order = tuple(q.key for q in self._ordered_queues)
         if self._next_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
@@ -289,7 +339,7 @@ class LaneWorker(SimpleWorker):
             "next",
             execution_id,
             "1" if take else "0",
-            "1" if peek else "0",
+            peeks,
             *self._next_call[1],
         ]
 
@@ -319,7 +369,14 @@ class LaneWorker(SimpleWorker):
             raise errors[0]
         return results[0]
 
-    def _send(self, args: list[Any], job: Job | None, queue: Queue | None) -> None:
+    def _send(
+        self,
+        args: list[Any],
+        job: Job | None,
+        queue: Queue | None,
+        given_at: int,
+        peeks: int,
+    ) -> None:
         """Send STEP on the lane's own connection and go on; _settle reads the answer."""
         if self._sender is None:
             self._sender = self.connection.connection_pool.get_connection()
@@ -329,9 +386,9 @@ class LaneWorker(SimpleWorker):
             packed = pack_command(("EVALSHA", STEP_SHA, 0, *args))
             self._sender.send_packed_command([packed])  # type: ignore[no-untyped-call]
         except BaseException:
-            self._drop_sender()
+            self._lost()
             raise
-        self._pending = Pending(self._sender, args, job, queue)
+        self._pending.append(Pending(self._sender, args, job, queue, given_at, peeks))
 
     def _drop_sender(self) -> None:
         sender, self._sender = self._sender, None
@@ -339,21 +396,102 @@ class LaneWorker(SimpleWorker):
             sender.disconnect()  # type: ignore[no-untyped-call]
             self.connection.connection_pool.release(sender)
 
-    def _settle(self) -> None:
-        """Read the answer of the STEP sent last, if it is still on its way."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        try:
+    def _lost(self) -> None:
+        """The answers of the STEPs on their way are lost (their connection failed): what
+        they did is unknown. The jobs the worker holds go back to their queues (each as it
+        was, whether its start was written or not)."""
+        self._pending.clear()
+        self._drop_sender()
+        self._return_held()
+
+    def _return_held(self) -> None:
+        """Put back the jobs held to run next, the last first, so they keep their order."""
+        held, self._peeked = list(self._peeked), deque()
+        prefetched, following = self._prefetched, self._prefetched_taken
+        self._prefetched, self._prefetched_taken = None, None
+        if prefetched is not None:  # taken by TAKE (not started) unless the lane took it
+            held.insert(0, following or Taken(prefetched[0], prefetched[1], -1, {}))
+        for held_job in reversed(held):
+            self._put_back(held_job)
+
+    def _settle(self, *, keep_last: bool = False) -> None:
+        """Read the answers of the STEPs still on their way, oldest first; with `keep_last`,
+        all but the one sent last (the worker then does not wait for it)."""
+        while len(self._pending) > keep_last:
+            pending = self._pending.popleft()
             try:
                 answer = pending.connection.read_response()
-            except NoScriptError:  # a Redis restarted or flushed: nothing was written
-                self.connection.script_load(STEP)
-                answer = self.connection.evalsha(STEP_SHA, 0, *pending.args)
-        except BaseException:
-            self._drop_sender()
-            raise
-        self._after(answer, pending.job, pending.queue, None)
+            except ResponseError as exc:  # refused: nothing it does was written
+                self._refused(pending, exc)
+                continue
+            except BaseException:
+                self._lost()
+                raise
+            self._after(answer, pending.job, pending.queue, None)
+
+    def _refused(self, refused: Pending, error: ResponseError) -> None:
+        """A STEP Redis refused, with the STEPs sent after it, in order. NOSCRIPT (a Redis
+        restarted or flushed) runs it again; so does any other refusal (out of memory, say)
+        that a later STEP got through (that one ran). A refusal no later STEP got past fails
+        the job being finished, as any failure of its bookkeeping does."""
+        later = list(self._pending)
+        self._pending.clear()
+        outcomes: list[Any] = [error]
+        for pending in later:
+            try:
+                outcomes.append(pending.connection.read_response())
+            except ResponseError as exc:
+                outcomes.append(exc)
+            except BaseException:
+                self._lost()
+                raise
+        steps = [refused, *later]
+        for k, (pending, outcome) in enumerate(zip(steps, outcomes, strict=True)):
+            ran_after = any(not isinstance(o, Exception) for o in outcomes[k + 1 :])
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, NoScriptError) and not ran_after:
+                    self._return_held()
+                    raise outcome
+                try:
+                    outcome = self._again(pending, steps[k + 1] if ran_after else None)
+                except RedisError as exc:
+                    if isinstance(outcome, NoScriptError) or not ran_after:
+                        self._return_held()
+                        raise
+                    # What it finished stays started: RQ's cleanup of abandoned jobs (and
+                    # phase1's orphan sweep) deal with it, as after a worker killed mid-job.
+                    self.log.error(
+                        "Worker %s: the bookkeeping of job %s's success failed: %s",
+                        self.name,
+                        pending.job.id if pending.job is not None else "-",
+                        exc,
+                    )
+                    continue
+            self._after(outcome, pending.job, pending.queue, None)
+
+    def _again(self, pending: Pending, ran_after: Pending | None) -> Any:
+        """Run a refused STEP again, synchronously. When a STEP after it did run: without
+        the start of the job that one finished (its start would come after its end), and
+        without taking more jobs (they would come after the ones that STEP took)."""
+        args, taken_off = pending.args, None
+        if ran_after is not None:
+            at = pending.given_at
+            given = args[at] == "given"  # 'given', id, key, origin, ttl, intermediate, exec
+            if given and ran_after.job is not None and args[at + 1] == ran_after.job.id:
+                taken_off = (args[at + 5], args[at + 1])  # its start took it off this list
+                args = [*args[:at], "none", *args[at + 7 :]]
+                given = False
+            at += 7 if given else 1
+            if args[at] == "next":  # 'next', execution id, take, peeks, ...
+                args = [*args[: at + 3], 0, *args[at + 4 :]]
+        try:
+            answer = self.connection.evalsha(STEP_SHA, 0, *args)
+        except NoScriptError:
+            self.connection.script_load(STEP)
+            answer = self.connection.evalsha(STEP_SHA, 0, *args)
+        if taken_off is not None:
+            self.connection.lrem(taken_off[0], 1, taken_off[1])
+        return answer
 
     def _settle_quietly(self) -> None:
         try:
@@ -374,8 +512,8 @@ class LaneWorker(SimpleWorker):
         if taken:
             assert started is not None
             self._keep(taken, started)
-        if peeked:
-            self._keep(peeked)
+        for entry in peeked or ():
+            self._keep(entry)
         if finished is not None and queue is not None and dependents > 0:
             queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(finished))
 
@@ -396,22 +534,23 @@ class LaneWorker(SimpleWorker):
         if self._prefetched is None:
             self._prefetched, self._prefetched_taken = (job, queue), taken
         else:
-            self._peeked = taken
+            self._peeked.append(taken)
 
     # -- putting jobs back ------------------------------------------------------------------------
 
     def _put_back(self, taken: Taken) -> None:
-        if taken.execution is not None:
-            self._unstart(
-                taken.queue.key,
-                taken.job.id,
-                taken.job.origin,
-                taken.execution.id,
-                taken.pttl,
-                taken.before,
-            )
-        else:
-            self._hand_back(taken.queue.key, taken.job.id)
+        """Back to the front of its queue: a started job as it was before its start, and one
+        whose start was not written (or is not known to be) from the intermediate list."""
+        if taken.execution is not None and self._unstart(
+            taken.queue.key,
+            taken.job.id,
+            taken.job.origin,
+            taken.execution.id,
+            taken.pttl,
+            taken.before,
+        ):
+            return
+        self._hand_back(taken.queue.key, taken.job.id)
 
     def _put_back_unread(
         self,
@@ -435,28 +574,33 @@ class LaneWorker(SimpleWorker):
         execution_id: str,
         pttl: int,
         before: dict[bytes, bytes],
-    ) -> None:
+    ) -> bool:
+        """UNSTART; whether the job was started by this worker (and is back on its queue)."""
         args: list[Any] = [job_id, self.job_class.key_for(job_id), origin]
         args += [execution_id, queue_key, self._worker_executions, pttl]
         for field in STARTED_FIELDS:
             value = before.get(field)
             args += [field, "0", ""] if value is None else [field, "1", value]
+        done = True  # on an error, not handed back either: left started for the cleanup
         try:
-            self.connection.eval(UNSTART, 0, *args)
-            self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
+            done = bool(self.connection.eval(UNSTART, 0, *args))
+            if done:
+                self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
         except RedisError as exc:  # left started: the abandoned-job cleanup finds it
             self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
         self.executions.pop(execution_id, None)
         self._state_written = None
+        return done
 
     def _hand_back(self, queue_key: str, job_id: str, *, from_intermediate: bool = True) -> None:
         intermediate = IntermediateQueue(queue_key, self.connection).key
         try:
             if from_intermediate:
-                self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
+                back = self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
             else:  # RQ's BLPOP: the id is in no list
-                self.connection.lpush(queue_key, job_id)
-            self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
+                back = self.connection.lpush(queue_key, job_id)
+            if back:
+                self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
         except RedisError as exc:  # left in the intermediate list: RQ's maintenance finds it
             self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
 

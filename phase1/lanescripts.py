@@ -99,11 +99,11 @@ end
 i = i + 1
 
 -- 3. 'next': take the first waiting job of the queues (RQ's LMOVE to the intermediate list)
--- and start it (`take`, unless one was given); then take the one after it without starting
--- it (`peek`: only while a job known to be quick runs, so it waits for no more than that).
-local taken, peeked = false, false
+-- and start it (`take`, unless one was given); then take up to `peeks` jobs after it without
+-- starting them (only while a job known to be quick runs, so they wait for no more than that).
+local taken, peeked = false, {}
 if ARGV[i] == 'next' then
-  local exec, take, peek, job_prefix = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local exec, take, peeks, job_prefix = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
   local default_t, mult, extra, add, forever = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]),
     tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
   local n, base, q = tonumber(ARGV[i + 10]), i + 11, 0
@@ -144,10 +144,13 @@ if ARGV[i] == 'next' then
       started = true
     end
   end
-  if peek == '1' and (started or take == '0') then
-    local key, intermediate, id, hash = waiting()
-    if key then
-      peeked = {key, id, hash, redis.call('PTTL', job_prefix .. id)}
+  if started or take == '0' then
+    for _ = 1, peeks do
+      local key, intermediate, id, hash = waiting()
+      if not key then
+        break
+      end
+      peeked[#peeked + 1] = {key, id, hash, redis.call('PTTL', job_prefix .. id)}
     end
   end
 end

@@ -4,6 +4,7 @@ at DEBUG. phase1.fastworker's FastWorker uses them."""
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # C module under signal (no stubs)
 import contextlib
 import logging
 import signal
@@ -92,6 +93,9 @@ class JobLinesAtDebug:
             self._log.info(msg, *args, **kwargs)
 
 
+_SIGALRM = int(signal.SIGALRM)
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     penalty = AlarmDeathPenalty.current
     if penalty is not None:  # a stray SIGALRM between jobs is ignored
@@ -107,7 +111,9 @@ class AlarmDeathPenalty(UnixSignalDeathPenalty):
 
     def setup_death_penalty(self) -> None:
         AlarmDeathPenalty.current = self
-        if signal.getsignal(signal.SIGALRM) is not _on_alarm:  # first, or replaced since
+        # _signal's getsignal: signal.getsignal's wrapper tries to make the handler an enum
+        # member first, and the ValueError that costs ~5 µs a job here.
+        if _signal.getsignal(_SIGALRM) is not _on_alarm:  # first, or replaced since
             signal.signal(signal.SIGALRM, _on_alarm)
         signal.alarm(self._timeout)
 

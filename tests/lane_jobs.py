@@ -6,7 +6,9 @@ import time
 from typing import Any
 
 from redis import Redis
-from rq.job import Job
+from rq.job import Job, get_current_job
+
+from phase1.lanescripts import STEP
 
 
 def answer(value: int) -> dict[str, int]:
@@ -24,3 +26,24 @@ def remember(job: Job, connection: Redis, result: Any, *args: Any, **kwargs: Any
 
 def slow(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def script_fault(action: str) -> None:
+    """A quick job that, when asked, empties Redis's script cache (as a restart or a failover
+    would) once its own start is written, or loads the lane's STEP again once Redis has
+    refused a script (as another worker recovering from the same flush would)."""
+    job = get_current_job()
+    assert job is not None
+    connection = job.connection
+    deadline = time.monotonic() + 5
+    if action == "flush":
+        while connection.hget(job.key, "status") != b"started" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        connection.script_flush()
+    elif action == "load":
+        while time.monotonic() < deadline:
+            refused = connection.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0)
+            if refused:
+                break
+            time.sleep(0.001)
+        connection.script_load(STEP)

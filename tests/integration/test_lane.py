@@ -4,6 +4,7 @@ On a real Redis, with RQ's own SimpleWorker as the reference for what must be le
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 from support import RQ, Processes, RoundTrips, wait_until
 
+from phase1 import lane
 from phase1.fastworker import FastWorker
 from phase1.settings import Settings
 
@@ -229,3 +231,72 @@ def test_no_job_waits_in_a_worker_behind_a_slow_one(
     assert redis.llen(f"{queue.key}:intermediate") == 0
     assert worker.wait(timeout=30) == 0
     assert waiting.get_status() == JobStatus.FINISHED
+
+
+def _learnt_worker(redis: Redis, queue: Queue, function: str = "bench.jobs.noop") -> FastWorker:
+    """A worker that has run `function` quickly often enough to hold jobs behind it."""
+    worker = FastWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
+    )
+    for _ in range(5):
+        queue.enqueue(function, result_ttl=600)
+    worker.work(burst=True, logging_level="WARNING")
+    return worker
+
+
+def test_steps_go_out_ahead_and_held_jobs_go_back_in_order(
+    redis: Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a quick job the worker holds two, so each STEP goes out before the answer of
+    the one before it is read; a worker that stops puts every job it holds back, in order,
+    as it was."""
+    monkeypatch.setattr(lane, "QUICK_S", 5.0)  # every run counts as quick, however slow today
+    queue = _queue(redis, queue_name)
+    worker = _learnt_worker(redis, queue)
+    on_their_way: list[int] = []
+    send = worker._send
+
+    def spy(*args: Any) -> None:
+        on_their_way.append(len(worker._pending))
+        send(*args)
+
+    worker._send = spy  # type: ignore[method-assign]
+    jobs = [queue.enqueue("bench.jobs.noop", result_ttl=600, ttl=300) for _ in range(12)]
+    before = {job.id: redis.hgetall(job.key) for job in jobs}
+    worker.work(burst=True, logging_level="WARNING", max_jobs=6)
+
+    assert on_their_way.count(1) >= 2, on_their_way  # sent with the one before unanswered
+    assert [job.get_status() for job in jobs[:6]] == [JobStatus.FINISHED] * 6
+    assert queue.get_job_ids() == [job.id for job in jobs[6:]]
+    assert all(redis.hgetall(job.key) == before[job.id] for job in jobs[6:])
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert redis.llen(f"{queue.key}:intermediate") == 0
+    assert redis.scard(f"rq:worker:{worker.name}:executions") == 0
+
+
+def test_jobs_held_behind_quick_ones_go_back_before_a_slow_one_runs(
+    redis: Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of a function not known to be quick, next after quick ones: the jobs held behind
+    it go back to the queue before it runs, for any worker to take."""
+    monkeypatch.setattr(lane, "QUICK_S", 0.05)
+    queue = _queue(redis, queue_name)
+    worker = _learnt_worker(redis, queue, "lane_jobs.answer")
+    quick = [queue.enqueue("lane_jobs.answer", i, result_ttl=600) for i in range(4)]
+    slow = queue.enqueue("lane_jobs.slow", 0.6, result_ttl=600)
+    after = [queue.enqueue("lane_jobs.answer", i, result_ttl=600) for i in range(3)]
+    seen: dict[str, Any] = {}
+
+    def watch() -> None:
+        wait_until(lambda: slow.get_status() == JobStatus.STARTED, what="the slow job running")
+        time.sleep(0.1)
+        seen["queued"] = queue.get_job_ids()
+        seen["intermediate"] = redis.llen(f"{queue.key}:intermediate")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    worker.work(burst=True, logging_level="WARNING")
+    watcher.join()
+    assert seen["queued"] == [job.id for job in after]
+    assert seen["intermediate"] == 0
+    assert all(job.get_status() == JobStatus.FINISHED for job in [*quick, slow, *after])

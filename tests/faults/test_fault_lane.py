@@ -1,0 +1,94 @@
+"""The lane with two STEPs on their way (phase1.lane): Redis's script cache emptied under
+them. Every job still runs once and is recorded once, in RQ's own data model, and nothing is
+left started, taken or half-written."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from faults.faultkit import OwnRedis
+from phase1 import lane
+from phase1.fastworker import FastWorker
+
+OwnRedisFactory = Callable[..., OwnRedis]
+
+
+def _drain(server: OwnRedis, actions: list[str]) -> tuple[Redis, Queue, list[Job], dict[str, Any]]:
+    """Run `lane_jobs.script_fault(action)` jobs in one in-process FastWorker; what its
+    refused STEPs looked like: how many STEPs were on their way behind each, and whether a
+    later one had run when each was sent again."""
+    redis = Redis.from_url(server.url)
+    queue = Queue("lane-faults", connection=redis, serializer=JSONSerializer)
+    jobs = [queue.enqueue("lane_jobs.script_fault", a, result_ttl=600) for a in actions]
+    worker = FastWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
+    )
+    seen: dict[str, Any] = {"behind": [], "ran after": [], "worker": worker}
+    refused, again = worker._refused, worker._again
+
+    def spy_refused(pending: lane.Pending, error: Exception) -> None:
+        seen["behind"].append(len(worker._pending))
+        refused(pending, error)  # type: ignore[arg-type]
+
+    def spy_again(pending: lane.Pending, ran_after: lane.Pending | None) -> Any:
+        seen["ran after"].append(ran_after is not None)
+        return again(pending, ran_after)
+
+    worker._refused = spy_refused  # type: ignore[method-assign]
+    worker._again = spy_again  # type: ignore[method-assign]
+    worker.work(burst=True, logging_level="WARNING")
+    return redis, queue, jobs, seen
+
+
+def _each_recorded_once(redis: Redis, queue: Queue, jobs: list[Job], worker: FastWorker) -> None:
+    for job in jobs:
+        assert job.get_status() == JobStatus.FINISHED, job.id
+        assert redis.xlen(f"rq:results:{job.id}") == 1, job.id  # one success recorded
+        assert redis.zcard(f"rq:executions:{job.id}") == 0
+        assert not redis.keys(f"rq:execution:{job.id}:*")
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert queue.count == 0 and redis.llen(f"{queue.key}:intermediate") == 0
+    assert redis.scard(f"rq:worker:{worker.name}:executions") == 0
+    assert int(redis.hget(worker.key, "successful_job_count") or 0) == len(jobs)
+
+
+@pytest.fixture(autouse=True)
+def _every_run_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run counts as quick: the worker holds jobs (and sends STEPs ahead) from its
+    fourth job on, however slow the machine is today."""
+    monkeypatch.setattr(lane, "QUICK_S", 5.0)
+
+
+def test_both_steps_on_their_way_refused_run_again_in_order(own_redis: OwnRedisFactory) -> None:
+    """The cache is emptied while a job runs: the STEP sent at its end and the one sent at
+    the next job's end (before the first one's answer was read) are both refused."""
+    server = own_redis()
+    actions = [""] * 6 + ["flush"] + [""] * 6
+    redis, queue, jobs, seen = _drain(server, actions)
+    assert 1 in seen["behind"], seen  # refused with the next STEP on its way behind it
+    assert seen["ran after"] and not any(seen["ran after"]), seen
+    _each_recorded_once(redis, queue, jobs, seen["worker"])
+
+
+def test_a_refused_step_whose_successor_ran_does_not_start_a_finished_job(
+    own_redis: OwnRedisFactory,
+) -> None:
+    """Another client loads STEP between the two: the later STEP runs (it finishes the job the
+    refused one was to start); the refused one runs again without that start."""
+    server = own_redis()
+    actions = [""] * 6 + ["flush", "load"] + [""] * 6
+    redis, queue, jobs, seen = _drain(server, actions)
+    assert 1 in seen["behind"] and True in seen["ran after"], seen
+    _each_recorded_once(redis, queue, jobs, seen["worker"])
+    loaded = jobs[7]
+    assert redis.hget(loaded.key, "status") == b"finished"
+    assert Job.fetch(loaded.id, connection=redis, serializer=JSONSerializer).ended_at is not None
