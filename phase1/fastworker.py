@@ -120,7 +120,7 @@ class FastWorker(lane.LaneWorker):
     def check_for_suspension(self, burst: bool) -> None:
         if time.monotonic() - self._suspension_checked_at < HOUSEKEEPING_S:
             return
-        if self._prefetched is not None and is_suspended(self.connection, self):
+        if self._holds_behind() and is_suspended(self.connection, self):
             self.hand_back_taken()
         super().check_for_suspension(burst)
         self._suspension_checked_at = time.monotonic()
