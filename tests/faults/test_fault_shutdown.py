@@ -125,11 +125,15 @@ def test_supervisor_stops_its_workers_within_the_bound(
     # Long enough that neither can finish within the timeout, whichever worker started first.
     plan_a, job_a = approve_slow(ctx, 5)
     plan_b, job_b = approve_slow(ctx, 5)
-    wait_until(
-        lambda: status(ctx, job_a) == status(ctx, job_b) == "active",
-        timeout=60,
-        what="both jobs running",
-    )
+    try:
+        wait_until(
+            lambda: status(ctx, job_a) == status(ctx, job_b) == "active",
+            timeout=60,
+            what="both jobs running",
+        )
+    except BaseException:  # what the supervisor and its workers said, for the failure report
+        print(processes.log(0))
+        raise
     supervisor.send_signal(signal.SIGTERM)
     code, took = exit_within(supervisor, timeout=30)
     assert code == 0, processes.log(0)
