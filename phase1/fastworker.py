@@ -365,6 +365,7 @@ class FastWorker(lane.LaneWorker):
             return bool(super().work(*args, **kwargs))
         finally:
             self.hand_back_taken()
+            self._drop_sender()  # the lane's connection goes back to the pool, closed
 
     def cleanup_execution(
         self, job: Job, pipeline: Pipeline, execution: Execution | None = None

@@ -5,7 +5,7 @@ left started, taken or half-written."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,11 +22,10 @@ from phase1.fastworker import FastWorker
 OwnRedisFactory = Callable[..., OwnRedis]
 
 
-def _drain(server: OwnRedis, actions: list[str]) -> tuple[Redis, Queue, list[Job], dict[str, Any]]:
+def _drain(redis: Redis, actions: list[str]) -> tuple[Redis, Queue, list[Job], dict[str, Any]]:
     """Run `lane_jobs.script_fault(action)` jobs in one in-process FastWorker; what its
     refused STEPs looked like: how many STEPs were on their way behind each, and whether a
     later one had run when each was sent again."""
-    redis = Redis.from_url(server.url)
     queue = Queue("lane-faults", connection=redis, serializer=JSONSerializer)
     jobs = [queue.enqueue("lane_jobs.script_fault", a, result_ttl=600) for a in actions]
     worker = FastWorker(
@@ -46,7 +45,7 @@ def _drain(server: OwnRedis, actions: list[str]) -> tuple[Redis, Queue, list[Job
     worker._refused = spy_refused  # type: ignore[method-assign]
     worker._again = spy_again  # type: ignore[method-assign]
     worker.work(burst=True, logging_level="WARNING")
-    return redis, queue, jobs, seen
+    return queue, jobs, seen
 
 
 def _each_recorded_once(redis: Redis, queue: Queue, jobs: list[Job], worker: FastWorker) -> None:
@@ -61,6 +60,14 @@ def _each_recorded_once(redis: Redis, queue: Queue, jobs: list[Job], worker: Fas
     assert int(redis.hget(worker.key, "successful_job_count") or 0) == len(jobs)
 
 
+@pytest.fixture
+def redis(own_redis: OwnRedisFactory) -> Iterator[Redis]:
+    """A client of a redis-server of the test's own (its script cache is emptied)."""
+    connection = Redis.from_url(own_redis().url)
+    yield connection
+    connection.close()
+
+
 @pytest.fixture(autouse=True)
 def _every_run_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every run counts as quick: the worker holds jobs (and sends STEPs ahead) from its
@@ -68,25 +75,21 @@ def _every_run_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lane, "QUICK_S", 5.0)
 
 
-def test_both_steps_on_their_way_refused_run_again_in_order(own_redis: OwnRedisFactory) -> None:
+def test_both_steps_on_their_way_refused_run_again_in_order(redis: Redis) -> None:
     """The cache is emptied while a job runs: the STEP sent at its end and the one sent at
     the next job's end (before the first one's answer was read) are both refused."""
-    server = own_redis()
     actions = [""] * 6 + ["flush"] + [""] * 6
-    redis, queue, jobs, seen = _drain(server, actions)
+    queue, jobs, seen = _drain(redis, actions)
     assert 1 in seen["behind"], seen  # refused with the next STEP on its way behind it
     assert seen["ran after"] and not any(seen["ran after"]), seen
     _each_recorded_once(redis, queue, jobs, seen["worker"])
 
 
-def test_a_refused_step_whose_successor_ran_does_not_start_a_finished_job(
-    own_redis: OwnRedisFactory,
-) -> None:
+def test_a_refused_step_whose_successor_ran_does_not_start_a_finished_job(redis: Redis) -> None:
     """Another client loads STEP between the two: the later STEP runs (it finishes the job the
     refused one was to start); the refused one runs again without that start."""
-    server = own_redis()
     actions = [""] * 6 + ["flush", "load"] + [""] * 6
-    redis, queue, jobs, seen = _drain(server, actions)
+    queue, jobs, seen = _drain(redis, actions)
     assert 1 in seen["behind"] and True in seen["ran after"], seen
     _each_recorded_once(redis, queue, jobs, seen["worker"])
     loaded = jobs[7]
