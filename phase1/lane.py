@@ -214,13 +214,10 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         staged = stage.take() if stage is not None else []
         go_on = self._take_next()
         next_execution = "-"
-        given_at = len(args)
-        peeks = 0
         if go_on and following is not None and following.execution is None:
             following.execution = self._execution(following.job.id, moment)
             args += self._given(following.job, following.execution)
-            peeks = self._peeks(following.job)
-            args += self._next_args("-", take=False, peeks=peeks)
+            args += self._next_args("-", take=False, peeks=self._peeks(following.job))
         else:
             following = None
             args.append("none")
@@ -232,7 +229,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         try:
             if following is not None and not staged:
                 # The answer is read when `following` ends (or, ahead, the one before it now).
-                self._send(args, job, queue, given_at, peeks)
+                self._send(args, job, queue)
                 answer = None
                 if ahead:
                     self._settle(keep_last=True)
@@ -253,11 +250,9 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
             if self._started_quick_job_alone():  # take the ones after it while it runs
                 taken = self._prefetched_taken
                 assert taken is not None
-                peek = [*self._header(time.time()), "none"]
-                given_at = len(peek)
-                peeks = self._peeks(taken.job)
-                peek += ["none", *self._next_args("-", take=False, peeks=peeks)]
-                self._send(peek, None, None, given_at, peeks)
+                peek = [*self._header(time.time()), "none", "none"]
+                peek += self._next_args("-", take=False, peeks=self._peeks(taken.job))
+                self._send(peek, None, None)
         for _, then in staged:
             if then is not None:
                 then()

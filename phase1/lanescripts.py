@@ -162,6 +162,29 @@ return {dependents, taken, peeked}
 )
 STEP_SHA = hashlib.sha1(STEP.encode()).hexdigest()
 
+# STEP's arguments, in parts: a header of 6; 'finish' and 12 more, or 'none'; 'given' and 6
+# more (id, key, origin, ttl, intermediate list, execution id), or 'none'; 'next' and its
+# fields (execution id, take, peeks, ...), or '-'.
+_HEADER_ARGS, _FINISH_ARGS, GIVEN_ARGS = 6, 13, 7
+
+
+def given_at(args: list[Any]) -> int:
+    """Where the 'given' part (or its 'none') starts in STEP's arguments."""
+    return _HEADER_ARGS + (_FINISH_ARGS if args[_HEADER_ARGS] == "finish" else 1)
+
+
+def next_at(args: list[Any]) -> int:
+    """Where the 'next' part (or its '-') starts in STEP's arguments."""
+    at = given_at(args)
+    return at + (GIVEN_ARGS if args[at] == "given" else 1)
+
+
+def peeks_of(args: list[Any]) -> int:
+    """How many jobs a STEP with these arguments takes without starting them."""
+    at = next_at(args)
+    return int(args[at + 3]) if args[at] == "next" else 0
+
+
 # Put a job STEP started but the worker did not run back as it was, at the front of its
 # queue (only while its execution is still this worker's).
 UNSTART = (

@@ -23,7 +23,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from phase1 import staging
-from phase1.lanescripts import STEP, STEP_SHA
+from phase1.lanescripts import GIVEN_ARGS, STEP, STEP_SHA, given_at, next_at, peeks_of
 
 
 @dataclass
@@ -34,8 +34,11 @@ class Pending:
     args: list[Any]
     job: Job | None  # the job it finished
     queue: Queue | None
-    given_at: int = 0  # where its 'given' part starts in args
-    peeks: int = 0  # how many jobs it may take without starting them
+
+    @property
+    def peeks(self) -> int:
+        """How many jobs it may take without starting them."""
+        return peeks_of(self.args)
 
 
 class StepsOnTheirWay:
@@ -57,11 +60,7 @@ class StepsOnTheirWay:
         """Run STEP and wait for it (with the job's staged writes after it, in one MULTI)."""
         self._settle()
         if not staged:
-            try:
-                return self.connection.evalsha(STEP_SHA, 0, *args)
-            except NoScriptError:  # a Redis restarted or flushed: load it (nothing was written)
-                self.connection.script_load(STEP)
-                return self.connection.evalsha(STEP_SHA, 0, *args)
+            return self._evalsha(args)
         with self.connection.pipeline(transaction=True) as pipe:
             pipe.evalsha(STEP_SHA, 0, *args)
             for write, _ in staged:
@@ -69,22 +68,23 @@ class StepsOnTheirWay:
             results = pipe.execute(raise_on_error=False)
         errors = [r for r in results[1:] if isinstance(r, Exception)]
         if isinstance(results[0], NoScriptError):  # the staged writes went: STEP alone
-            self.connection.script_load(STEP)
-            results[0] = self.connection.evalsha(STEP_SHA, 0, *args)
+            results[0] = self._evalsha(args)
         elif isinstance(results[0], Exception):
             raise results[0]
         if errors:
             raise errors[0]
         return results[0]
 
-    def _send(
-        self,
-        args: list[Any],
-        job: Job | None,
-        queue: Queue | None,
-        given_at: int,
-        peeks: int,
-    ) -> None:
+    def _evalsha(self, args: list[Any]) -> Any:
+        """STEP, waited for; loaded first if Redis lacks it (restarted or flushed: a refused
+        EVALSHA wrote nothing)."""
+        try:
+            return self.connection.evalsha(STEP_SHA, 0, *args)
+        except NoScriptError:
+            self.connection.script_load(STEP)
+            return self.connection.evalsha(STEP_SHA, 0, *args)
+
+    def _send(self, args: list[Any], job: Job | None, queue: Queue | None) -> None:
         """Send STEP on the lane's own connection and go on; _settle reads the answer."""
         if self._sender is None:
             self._sender = self.connection.connection_pool.get_connection()
@@ -96,7 +96,7 @@ class StepsOnTheirWay:
         except BaseException:
             self._lost()
             raise
-        self._pending.append(Pending(self._sender, args, job, queue, given_at, peeks))
+        self._pending.append(Pending(self._sender, args, job, queue))
 
     def _drop_sender(self) -> None:
         sender, self._sender = self._sender, None
@@ -173,20 +173,15 @@ class StepsOnTheirWay:
         without taking more jobs (they would come after the ones that STEP took)."""
         args, taken_off = pending.args, None
         if ran_after is not None:
-            at = pending.given_at
-            given = args[at] == "given"  # 'given', id, key, origin, ttl, intermediate, exec
-            if given and ran_after.job is not None and args[at + 1] == ran_after.job.id:
+            at = given_at(args)
+            finished = ran_after.job.id if ran_after.job is not None else None
+            if args[at] == "given" and args[at + 1] == finished:
                 taken_off = (args[at + 5], args[at + 1])  # its start took it off this list
-                args = [*args[:at], "none", *args[at + 7 :]]
-                given = False
-            at += 7 if given else 1
+                args = [*args[:at], "none", *args[at + GIVEN_ARGS :]]
+            at = next_at(args)
             if args[at] == "next":  # 'next', execution id, take, peeks, ...
                 args = [*args[: at + 3], 0, *args[at + 4 :]]
-        try:
-            answer = self.connection.evalsha(STEP_SHA, 0, *args)
-        except NoScriptError:
-            self.connection.script_load(STEP)
-            answer = self.connection.evalsha(STEP_SHA, 0, *args)
+        answer = self._evalsha(args)
         if taken_off is not None:
             self.connection.lrem(taken_off[0], 1, taken_off[1])
         return answer
