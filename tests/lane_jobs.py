@@ -28,22 +28,35 @@ def slow(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _refusals(connection: Redis, error: str) -> int:
+    return int(connection.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0))
+
+
 def script_fault(action: str) -> None:
     """A quick job that, when asked, empties Redis's script cache (as a restart or a failover
     would) once its own start is written, or loads the lane's STEP again once Redis has
-    refused a script (as another worker recovering from the same flush would)."""
+    refused a script (as another worker recovering from the same flush would); or fills
+    Redis's memory (`full`: its maxmemory set to 1 byte once its own start is written, so the
+    STEP sent at its end is refused, out of memory) and makes room again once Redis has
+    refused a write (`room`)."""
     job = get_current_job()
     assert job is not None
     connection = job.connection
     deadline = time.monotonic() + 5
-    if action == "flush":
+    if action in ("flush", "full"):
         while connection.hget(job.key, "status") != b"started" and time.monotonic() < deadline:
             time.sleep(0.001)
-        connection.script_flush()
+        if action == "flush":
+            connection.script_flush()
+        else:
+            connection.config_set("maxmemory", "1")
+    elif action == "room":
+        while not _refusals(connection, "OOM") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        connection.config_set("maxmemory", "0")
     elif action == "load":
         while time.monotonic() < deadline:
-            refused = connection.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0)
-            if refused:
+            if _refusals(connection, "NOSCRIPT"):
                 break
             time.sleep(0.001)
         connection.script_load(STEP)

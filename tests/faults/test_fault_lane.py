@@ -95,3 +95,18 @@ def test_a_refused_step_whose_successor_ran_does_not_start_a_finished_job(redis:
     loaded = jobs[7]
     assert redis.hget(loaded.key, "status") == b"finished"
     assert Job.fetch(loaded.id, connection=redis, serializer=JSONSerializer).ended_at is not None
+
+
+def test_a_step_refused_out_of_memory_runs_again_after_its_successor(redis: Redis) -> None:
+    """Redis runs out of memory under the STEP sent at a job's end (it refuses it: nothing
+    written) and has room again for the next one, sent at the next job's end before the first
+    one's answer was read. The refused STEP runs again after it, without the start of the job
+    that one finished, and every job is recorded once."""
+    actions = [""] * 6 + ["full", "room"] + [""] * 6
+    queue, jobs, seen = _drain(redis, actions)
+    assert int(redis.info("errorstats").get("errorstat_OOM", {}).get("count", 0)) >= 1
+    assert 1 in seen["behind"] and True in seen["ran after"], seen
+    _each_recorded_once(redis, queue, jobs, seen["worker"])
+    for job in jobs[6:8]:  # the job it finished, and the one it was to start
+        fetched = Job.fetch(job.id, connection=redis, serializer=JSONSerializer)
+        assert fetched.get_status() == JobStatus.FINISHED and fetched.ended_at is not None
