@@ -110,6 +110,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         self._peeked: deque[Taken] = deque()  # the ones after it (HELD at most), in order
         self._pending: deque[Pending] = deque()  # oldest first
         self._sender: Connection | None = None  # the connection STEPs are sent on unanswered
+        self._unsure_starts: dict[str, str] = {}  # lost starts: job id → intermediate list
         self._quick_runs: dict[str, int] = {}  # function name: quick runs in a row
         self._queues_by_key = {q.key: q for q in self.queues}
         self._next_call: tuple[tuple[str, ...], list[Any]] = ((), [])
@@ -164,6 +165,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
     def _perform_plain(self, job: Job, queue: Queue, execution: Execution) -> None:
         """RQ's perform_job for a job already started, with its success in one STEP."""
         self._mark_started(job, execution)
+        self._unsure_starts.clear()  # only a loss during this job's run counts for it
         try:
             job.started_at = now()
             timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
@@ -180,7 +182,23 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         except:  # noqa: E722 -- as RQ's perform_job: anything raised fails the job
             exc_info = sys.exc_info()
             self._settle_quietly()
+            self._unlist(job)
             self._finalize_failure(job, queue, execution, exc_info)
+
+    def _unlist(self, job: Job) -> None:
+        """Take a failing job off its intermediate list when the STEP that was to start it
+        was lost with its connection (if it got through, the job is not listed: no-op), so
+        RQ's cleanup of that list does not fail it a second time."""
+        intermediate = self._unsure_starts.pop(job.id, None)
+        self._unsure_starts.clear()
+        if intermediate is None:
+            return
+        try:
+            self.connection.lrem(intermediate, 1, job.id)
+        except RedisError as exc:  # left listed: RQ's cleanup fails it again, nothing lost
+            self.log.warning(
+                "Worker %s: job %s left in %s: %s", self.name, job.id, intermediate, exc
+            )
 
     def _mark_started(self, job: Job, execution: Execution) -> None:
         """What RQ's prepare_for_execution sets on the job, for a job STEP started."""

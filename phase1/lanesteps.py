@@ -49,6 +49,7 @@ class StepsOnTheirWay:
     name: str
     _pending: deque[Pending]
     _sender: Connection | None
+    _unsure_starts: dict[str, str]  # job id: its intermediate list
 
     def _after(self, answer: Any, finished: Job | None, queue: Queue | None, started: Any) -> None:
         raise NotImplementedError  # LaneWorker: keep what a STEP took
@@ -104,10 +105,16 @@ class StepsOnTheirWay:
             sender.disconnect()  # type: ignore[no-untyped-call]
             self.connection.connection_pool.release(sender)
 
-    def _lost(self) -> None:
-        """The answers of the STEPs on their way are lost (their connection failed): what
-        they did is unknown. The jobs the worker holds go back to their queues (each as it
-        was, whether its start was written or not)."""
+    def _lost(self, *read: Pending) -> None:
+        """The answers of the STEPs on their way (and of `read`, taken off them to be read)
+        are lost (their connection failed): what they did is unknown. The jobs the worker
+        holds go back to their queues (each as it was, whether its start was written or
+        not); the starts of the others, the job just run among them, are noted as unsure
+        (`_unsure_starts`: if not written, the job is still in its intermediate list)."""
+        for pending in (*read, *self._pending):
+            at = given_at(pending.args)
+            if pending.args[at] == "given":  # 'given', id, key, origin, ttl, intermediate
+                self._unsure_starts[pending.args[at + 1]] = pending.args[at + 5]
         self._pending.clear()
         self._drop_sender()
         self._return_held()
@@ -123,7 +130,7 @@ class StepsOnTheirWay:
                 self._refused(pending, exc)
                 continue
             except BaseException:
-                self._lost()
+                self._lost(pending)
                 raise
             self._after(answer, pending.job, pending.queue, None)
 
@@ -141,7 +148,7 @@ class StepsOnTheirWay:
             except ResponseError as exc:
                 outcomes.append(exc)
             except BaseException:
-                self._lost()
+                self._lost(refused, *later)  # none of them is acted on now
                 raise
         steps = [refused, *later]
         for k, (pending, outcome) in enumerate(zip(steps, outcomes, strict=True)):

@@ -38,18 +38,21 @@ def script_fault(action: str) -> None:
     refused a script (as another worker recovering from the same flush would); or fills
     Redis's memory (`full`: its maxmemory set to 1 byte once its own start is written, so the
     STEP sent at its end is refused, out of memory) and makes room again once Redis has
-    refused a write (`room`)."""
+    refused a write (`room`); or, once its own start is written, cuts every other client's
+    connection to Redis, the worker's STEP connection among them (`cut`)."""
     job = get_current_job()
     assert job is not None
     connection = job.connection
     deadline = time.monotonic() + 5
-    if action in ("flush", "full"):
+    if action in ("flush", "full", "cut"):
         while connection.hget(job.key, "status") != b"started" and time.monotonic() < deadline:
             time.sleep(0.001)
         if action == "flush":
             connection.script_flush()
-        else:
+        elif action == "full":
             connection.config_set("maxmemory", "1")
+        else:
+            connection.client_kill_filter(_type="normal", skipme=True)
     elif action == "room":
         while not _refusals(connection, "OOM") and time.monotonic() < deadline:
             time.sleep(0.001)

@@ -1,6 +1,8 @@
 """The lane with two STEPs on their way (phase1.lane): Redis's script cache emptied under
-them. Every job still runs once and is recorded once, in RQ's own data model, and nothing is
-left started, taken or half-written."""
+them, Redis out of memory for one of them, their connection cut. Every job still runs once
+and is recorded once, in RQ's own data model; nothing is left taken or half-written, and a
+job is left started only where its success was lost with the connection (for the orphan
+sweep)."""
 
 from __future__ import annotations
 
@@ -110,3 +112,26 @@ def test_a_step_refused_out_of_memory_runs_again_after_its_successor(redis: Redi
     for job in jobs[6:8]:  # the job it finished, and the one it was to start
         fetched = Job.fetch(job.id, connection=redis, serializer=JSONSerializer)
         assert fetched.get_status() == JobStatus.FINISHED and fetched.ended_at is not None
+
+
+def test_a_cut_connection_leaves_each_job_recorded_or_recoverable_once(redis: Redis) -> None:
+    """A job cuts the worker's STEP connection while it runs: the STEP sent at its end (its
+    success, and the next job's start) and the one after it are lost. The job's success
+    stays unrecorded: it is left started, for the orphan sweep. The next job, which ran with
+    its start unwritten, fails with the connection's error, once: not left in the
+    intermediate list for RQ's cleanup to fail a second time. The rest run as usual."""
+    actions = [""] * 6 + ["cut"] + [""] * 6
+    queue, jobs, seen = _drain(redis, actions)
+    assert not seen["behind"]  # lost, not refused
+    cut, after = jobs[6], jobs[7]
+    assert cut.get_status() == JobStatus.STARTED
+    assert cut.id in StartedJobRegistry(queue=queue).get_job_ids()  # what the sweep reads
+    assert redis.xlen(f"rq:results:{cut.id}") == 0
+    assert after.get_status() == JobStatus.FAILED
+    assert redis.xlen(f"rq:results:{after.id}") == 1  # its failure, recorded once
+    failure = Job.fetch(after.id, connection=redis, serializer=JSONSerializer).latest_result()
+    assert failure is not None and "Connection" in (failure.exc_string or ""), failure
+    assert redis.llen(f"{queue.key}:intermediate") == 0 and queue.count == 0
+    for job in jobs[:6] + jobs[8:]:
+        assert job.get_status() == JobStatus.FINISHED, job.id
+        assert redis.xlen(f"rq:results:{job.id}") == 1, job.id
