@@ -185,21 +185,6 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
             self._unlist(job)
             self._finalize_failure(job, queue, execution, exc_info)
 
-    def _unlist(self, job: Job) -> None:
-        """Take a failing job off its intermediate list when the STEP that was to start it
-        was lost with its connection (if it got through, the job is not listed: no-op), so
-        RQ's cleanup of that list does not fail it a second time."""
-        intermediate = self._unsure_starts.pop(job.id, None)
-        self._unsure_starts.clear()
-        if intermediate is None:
-            return
-        try:
-            self.connection.lrem(intermediate, 1, job.id)
-        except RedisError as exc:  # left listed: RQ's cleanup fails it again, nothing lost
-            self.log.warning(
-                "Worker %s: job %s left in %s: %s", self.name, job.id, intermediate, exc
-            )
-
     def _mark_started(self, job: Job, execution: Execution) -> None:
         """What RQ's prepare_for_execution sets on the job, for a job STEP started."""
         job.worker_name = self.name

@@ -119,6 +119,21 @@ class StepsOnTheirWay:
         self._drop_sender()
         self._return_held()
 
+    def _unlist(self, job: Job) -> None:
+        """Take a failing job off its intermediate list when the STEP that was to start it
+        was lost with its connection (if it got through, the job is not listed: no-op), so
+        RQ's cleanup of that list does not fail it a second time."""
+        intermediate = self._unsure_starts.pop(job.id, None)
+        self._unsure_starts.clear()
+        if intermediate is None:
+            return
+        try:
+            self.connection.lrem(intermediate, 1, job.id)
+        except RedisError as exc:  # left listed: RQ's cleanup fails it again, nothing lost
+            self.log.warning(
+                "Worker %s: job %s left in %s: %s", self.name, job.id, intermediate, exc
+            )
+
     def _settle(self, *, keep_last: bool = False) -> None:
         """Read the answers of the STEPs still on their way, oldest first; with `keep_last`,
         all but the one sent last (the worker then does not wait for it)."""
