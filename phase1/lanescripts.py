@@ -179,6 +179,12 @@ def next_at(args: list[Any]) -> int:
     return at + (GIVEN_ARGS if args[at] == "given" else 1)
 
 
+def given_of(args: list[Any]) -> tuple[str, str] | None:
+    """The job a STEP with these arguments starts, and its intermediate list; None if none."""
+    at = given_at(args)  # 'given', id, key, origin, ttl, intermediate list, execution id
+    return (args[at + 1], args[at + 5]) if args[at] == "given" else None
+
+
 def peeks_of(args: list[Any]) -> int:
     """How many jobs a STEP with these arguments takes without starting them."""
     at = next_at(args)

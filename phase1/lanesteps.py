@@ -23,7 +23,15 @@ from rq.job import Job
 from rq.queue import Queue
 
 from phase1 import staging
-from phase1.lanescripts import GIVEN_ARGS, STEP, STEP_SHA, given_at, next_at, peeks_of
+from phase1.lanescripts import (
+    GIVEN_ARGS,
+    STEP,
+    STEP_SHA,
+    given_at,
+    given_of,
+    next_at,
+    peeks_of,
+)
 
 
 @dataclass
@@ -112,9 +120,9 @@ class StepsOnTheirWay:
         not); the starts of the others, the job just run among them, are noted as unsure
         (`_unsure_starts`: if not written, the job is still in its intermediate list)."""
         for pending in (*read, *self._pending):
-            at = given_at(pending.args)
-            if pending.args[at] == "given":  # 'given', id, key, origin, ttl, intermediate
-                self._unsure_starts[pending.args[at + 1]] = pending.args[at + 5]
+            given = given_of(pending.args)
+            if given is not None:
+                self._unsure_starts[given[0]] = given[1]
         self._pending.clear()
         self._drop_sender()
         self._return_held()
@@ -195,10 +203,10 @@ class StepsOnTheirWay:
         without taking more jobs (they would come after the ones that STEP took)."""
         args, taken_off = pending.args, None
         if ran_after is not None:
-            at = given_at(args)
-            finished = ran_after.job.id if ran_after.job is not None else None
-            if args[at] == "given" and args[at + 1] == finished:
-                taken_off = (args[at + 5], args[at + 1])  # its start took it off this list
+            given = given_of(args)
+            if given is not None and ran_after.job is not None and given[0] == ran_after.job.id:
+                taken_off = (given[1], given[0])  # its start took it off this list
+                at = given_at(args)
                 args = [*args[:at], "none", *args[at + GIVEN_ARGS :]]
             at = next_at(args)
             if args[at] == "next":  # 'next', execution id, take, peeks, ...
