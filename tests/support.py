@@ -142,9 +142,15 @@ BEGIN
   END IF;
   RETURN NEW;
 END $$ LANGUAGE plpgsql;
-DROP TRIGGER IF EXISTS test_fault ON marketplace_tasks;
-CREATE TRIGGER test_fault BEFORE INSERT ON marketplace_tasks
-  FOR EACH ROW EXECUTE FUNCTION test_fault();
+-- Created once: creating a trigger locks the table against the INSERTs of any job under way
+-- (another plan's job sleeping in this trigger, say), and would wait for them to commit.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                 WHERE tgname = 'test_fault' AND tgrelid = 'marketplace_tasks'::regclass) THEN
+    CREATE TRIGGER test_fault BEFORE INSERT ON marketplace_tasks
+      FOR EACH ROW EXECUTE FUNCTION test_fault();
+  END IF;
+END $$;
 """
 
 
