@@ -198,14 +198,24 @@ def _socket_inodes(pid: int) -> set[str]:
     return held
 
 
-def _inode_of_local_port(pid: int, port: int) -> str | None:
+def _inodes_of_connection(pid: int, port: int, server_port: int) -> set[str]:
+    """The sockets, in `pid`'s network namespace, of a connection from local `port` to
+    `server_port`. The port alone is not enough: the kernel gives one local port to several
+    connections to different servers, and a closed connection of the same port lingers in
+    TIME_WAIT (inode 0)."""
+    found = set()
     for table in ("tcp", "tcp6"):
         path = Path(f"/proc/{pid}/net/{table}")
         for line in path.read_text().splitlines()[1:] if path.exists() else []:
             fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return fields[9]
-    return None
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if (
+                int(local.rsplit(":", 1)[1], 16) == port
+                and int(remote.rsplit(":", 1)[1], 16) == server_port
+                and inode != "0"
+            ):
+                found.add(inode)
+    return found
 
 
 def test_the_forked_scheduler_keeps_no_copy_of_the_dequeue_socket(
@@ -219,16 +229,18 @@ def test_the_forked_scheduler_keeps_no_copy_of_the_dequeue_socket(
     wait_until(lambda: child_pids(worker.pid), timeout=30, what="the worker's scheduler")
     (scheduler,) = child_pids(worker.pid)
 
-    def blocked_ports() -> list[int]:
+    def blocked_ports() -> list[tuple[int, int]]:
         return [
-            int(str(c["addr"]).rsplit(":", 1)[1])
+            (int(str(c["addr"]).rsplit(":", 1)[1]), int(str(c["laddr"]).rsplit(":", 1)[1]))
             for c in ctx.redis.client_list()
             if int(c["db"]) == db and c["cmd"] in ("blpop", "blmove")
         ]
 
     def dequeue_sockets() -> set[str]:
-        held = _socket_inodes(worker.pid)
-        return {_inode_of_local_port(worker.pid, port) for port in blocked_ports()} & held  # type: ignore[operator]
+        found: set[str] = set()
+        for port, server_port in blocked_ports():
+            found |= _inodes_of_connection(worker.pid, port, server_port)
+        return found & _socket_inodes(worker.pid)
 
     wait_until(dequeue_sockets, timeout=30, what="the worker blocked in its dequeue")
     assert not dequeue_sockets() & _socket_inodes(scheduler)
