@@ -21,7 +21,8 @@ trips* they go out, and how much Python it takes:
   job is waiting; an empty queue falls back to RQ's own blocking dequeue. A job taken ahead
   sits in the intermediate list (or, started by STEP, in RQ's started registry) until it
   runs; a worker told to stop, or suspended, puts it back as it was, at the front of its
-  queue; one that dies leaves it where RQ's maintenance (or the orphan sweep) finds it;
+  queue; one that dies leaves it where the maintenance pass puts it back on its queue
+  (phase1.intermediate) or the orphan sweep finds it;
 - the worker's own heartbeat and the `rq suspend` check run at most every HOUSEKEEPING_S
   seconds, not two or three times a job: a worker key lives `worker_ttl + 60` seconds, so a
   beat a second is plenty; an `rq suspend` takes effect within that second. The worker's

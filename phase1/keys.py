@@ -44,3 +44,9 @@ def rq_job(job_id: str) -> str:
 def webhook_failures(queue: str) -> str:
     """Capped list of webhook deliveries given up after their last try, newest first."""
     return f"phase1:{queue}:webhook-failures"
+
+
+def intermediate_sightings(queue: str) -> str:
+    """Hash of the jobs in an RQ queue's intermediate list, each with the time it was first
+    seen there (phase1.intermediate)."""
+    return f"phase1:{queue}:intermediate-seen"

@@ -442,7 +442,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
                 back = self.connection.lpush(queue_key, job_id)
             if back:
                 self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
-        except RedisError as exc:  # left in the intermediate list: RQ's maintenance finds it
+        except RedisError as exc:  # left listed: the maintenance pass puts it back
             self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
 
     def _restore(self, answer: Any) -> tuple[Job, Queue]:

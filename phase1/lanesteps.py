@@ -129,15 +129,16 @@ class StepsOnTheirWay:
 
     def _unlist(self, job: Job) -> None:
         """Take a failing job off its intermediate list when the STEP that was to start it
-        was lost with its connection (if it got through, the job is not listed: no-op), so
-        RQ's cleanup of that list does not fail it a second time."""
+        was lost with its connection (if it got through, the job is not listed: no-op), so a
+        plain `rq worker`'s cleanup of that list does not fail it a second time (phase1's own
+        takes it off the list later, phase1.intermediate)."""
         intermediate = self._unsure_starts.pop(job.id, None)
         self._unsure_starts.clear()
         if intermediate is None:
             return
         try:
             self.connection.lrem(intermediate, 1, job.id)
-        except RedisError as exc:  # left listed: RQ's cleanup fails it again, nothing lost
+        except RedisError as exc:  # left listed: the maintenance pass takes it off
             self.log.warning(
                 "Worker %s: job %s left in %s: %s", self.name, job.id, intermediate, exc
             )

@@ -14,8 +14,9 @@ from rq.utils import as_text, get_version
 
 # Take the first waiting job of the queues (in order) and read its hash, in one call. The id
 # moves to its queue's intermediate list (RQ's LMOVE, for every queue, not only when there is
-# one): a worker that dies before it marks the job started leaves it where RQ's maintenance
-# finds it, instead of nowhere. Ids whose hash is gone are dropped, as RQ skips them.
+# one): a worker that dies before it marks the job started leaves it where the maintenance
+# pass finds it and puts it back (phase1.intermediate), instead of nowhere. Ids whose hash
+# is gone are dropped, as RQ skips them.
 TAKE = """
 -- KEYS: queue keys, in order; ARGV[1]: job key prefix; ARGV[1 + i]: KEYS[i]'s intermediate list
 for i, key in ipairs(KEYS) do

@@ -23,13 +23,14 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.worker import BaseWorker, WorkerStatus
+from rq.worker import WorkerStatus
 
 from phase1 import keys, reconcile, shutdown, sweep
 from phase1.checks import run_startup_checks
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
 from phase1.errors import UnavailableError
 from phase1.fastworker import FastWorker
+from phase1.intermediate import PutsBackLeftBehind
 from phase1.maintenance import Maintenance
 from phase1.settings import redact_url
 from phase1.supervisor import supervise
@@ -99,7 +100,7 @@ def _install_fork_hook() -> None:
         _fork_hook_installed = True
 
 
-class _Phase1Base(BaseWorker):
+class _Phase1Base(PutsBackLeftBehind):
     """What both phase1 worker classes add to RQ's: JSON, the bounded shutdown, Redis outages."""
 
     def __init__(self, *args: Any, shutdown_timeout: float | None = None, **kwargs: Any) -> None:
