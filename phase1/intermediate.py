@@ -63,7 +63,8 @@ def put_back_left_behind(queue: Queue, now: float | None = None) -> list[str]:
     sightings = keys.intermediate_sightings(queue.name)
     in_list = listed.get_job_ids()
     seen = {as_text(k): float(v) for k, v in redis.hgetall(sightings).items()}
-    gone = [job_id for job_id in seen if job_id not in in_list]
+    listed_now = set(in_list)
+    gone = [job_id for job_id in seen if job_id not in listed_now]
     new: dict[Any, Any] = {j: now for j in in_list if j not in seen}
     with redis.pipeline(transaction=False) as pipe:
         if gone:
@@ -108,7 +109,9 @@ class PutsBackLeftBehind(BaseWorker):
         for queue in self.queues:
             if queue.acquire_maintenance_lock():  # one worker at a time, as RQ
                 try:
-                    self.log.debug("Worker %s: cleaning registries of %s", self.name, queue.name)
+                    self.log.info(
+                        "Worker %s: cleaning registries for queue: %s", self.name, queue.name
+                    )
                     clean_registries(queue, self._exc_handlers)
                     worker_registration.clean_worker_registry(queue)
                     put_back_left_behind(queue)
