@@ -26,7 +26,7 @@ FailureReason = Literal["exception", "timeout", "abandoned", "permanent", "inter
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class JobPayload(_Frozen):
@@ -47,7 +47,7 @@ class AnalysisTask(_Frozen):
 class Analysis(BaseModel):
     """A plan's analysis: its Phase 1 task list (other keys are kept, not read)."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", defer_build=True)
 
     phase1: list[AnalysisTask] = Field(min_length=1, max_length=1000)
 
