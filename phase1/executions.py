@@ -114,7 +114,7 @@ SELECT * FROM marketplace_job_attempts WHERE job_id = %(job_id)s ORDER BY attemp
 SQL_INSERT_FAILED_ATTEMPT = """
 INSERT INTO marketplace_job_attempts
   (job_id, attempt, status, worker, started_at, ended_at, error_type, error_message)
-SELECT %(job_id)s, COALESCE(MAX(attempt), 0) + 1, 'failed', %(worker)s, NOW(), NOW(),
+SELECT %(job_id)s::varchar, COALESCE(MAX(attempt), 0) + 1, 'failed', %(worker)s, NOW(), NOW(),
        %(error_type)s, %(error_message)s
 FROM marketplace_job_attempts WHERE job_id = %(job_id)s
 RETURNING attempt

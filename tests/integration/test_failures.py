@@ -251,6 +251,27 @@ def test_permanent_error_is_dead_lettered_after_one_attempt(
     assert_one_terminal_state(ctx, job_id, "failed")
 
 
+def test_a_job_failing_before_its_attempt_opened_is_recorded_and_dead_lettered(
+    ctx: Phase1, processes: Processes
+) -> None:
+    """A bad payload fails the job before it opens its attempt row; the failed attempt is
+    added then. Its INSERT failed on PostgreSQL's parameter types, so the failure reached
+    neither PostgreSQL nor the DLQ, and the row stayed `pending`."""
+    _, job_id = approve_new_plan(ctx)
+    job = rq_job(ctx, job_id)
+    assert job.args  # loads the job's data, which save() writes back
+    job.args = [{"planId": "not-a-uuid", "v": 1}]
+    job.save()
+    processes.worker(ctx.settings)
+    wait_until(lambda: final(ctx, job_id), what="job failed")
+    attempts = history(ctx, job_id)
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed")]
+    assert attempts[0]["error_type"] == "PermanentJobError"
+    entry = dlq_entry(ctx, job_id)
+    assert entry["reason"] == "permanent" and "invalid job payload at planId" in entry["message"]
+    assert_one_terminal_state(ctx, job_id, "failed")
+
+
 def test_kill_9_of_the_work_horse_mid_job_retries_it(
     make_ctx: Callable[..., Phase1], processes: Processes
 ) -> None:
