@@ -1,9 +1,17 @@
-"""The reconciler: re-enqueue each job PostgreSQL holds as live but Redis no longer knows.
+"""The reconciler: re-enqueue each job PostgreSQL holds as live but Redis no longer knows, and
+record the end of each one RQ ended without phase1 recording it.
 
 PostgreSQL is the system of record and Redis the transport. When Redis restarts without
 persistence, is flushed, or an approval's process dies between its commit and its enqueue, the
 execution row says `pending`, `active` or `retrying` while Redis has no `rq:job:<id>` hash; the
 reconciler enqueues such a job again under the same id.
+
+The other way round, RQ can end a job that phase1 never hears of: a plain `rq worker`'s
+maintenance fails a job a dead worker took and never started, and RQ's tools stop or cancel
+jobs, all without phase1's failure handling; and a final failure that phase1 dead-lettered
+while PostgreSQL was down left its row live. The row would say `pending` or `active` for good;
+the reconciler records the failure (the dead-letter entry and the `job:failed` event too, when
+phase1 had not sent them).
 
 Safe with many reconcilers at once: a transaction-scoped PostgreSQL advisory lock lets one run
 per queue at a time, and `phase1.queue.enqueue` uses RQ's atomic unique enqueue, so even a
@@ -19,8 +27,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 
-from phase1 import events, keys
+from phase1 import deadletter, events, executions, keys
+from phase1 import job as phase1_job
 from phase1 import queue as jobs
 from phase1.context import Phase1
 from phase1.errors import UnavailableError
@@ -32,6 +43,10 @@ if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+
+# RQ's statuses of a job that has ended, and not as `finished` (a job that completed commits
+# its row before RQ hears of it).
+ENDED_IN_RQ = frozenset({"failed", "stopped", "canceled"})
 
 SQL_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(%(key)s)) AS locked"
 # Live rows old enough that their approval has had time to enqueue them: `pending` and
@@ -63,6 +78,7 @@ class Reconciliation:
     queue: str
     checked: int = 0
     requeued: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
     locked_out: bool = False
     seconds: float = 0.0
 
@@ -72,6 +88,8 @@ class Reconciliation:
             "checked": self.checked,
             "requeued": len(self.requeued),
             "jobIds": self.requeued,
+            "settled": len(self.settled),
+            "settledJobIds": self.settled,
             "lockedOut": self.locked_out,
             "seconds": round(self.seconds, 3),
         }
@@ -122,9 +140,12 @@ def reconcile(
                 break
             params["after"] = rows[-1]["job_id"]
             outcome.checked += len(rows)
-            for row in _missing_from_redis(ctx, rows):
-                _requeue(ctx, row)
-                outcome.requeued.append(row["job_id"])
+            for row, rq_status in _in_redis(ctx, rows):
+                if rq_status is None:
+                    _requeue(ctx, row)
+                    outcome.requeued.append(row["job_id"])
+                elif rq_status in ENDED_IN_RQ and _settle(ctx, row["job_id"], rq_status):
+                    outcome.settled.append(row["job_id"])
             if progress is not None:
                 progress(outcome)
             if len(rows) < BATCH:
@@ -136,6 +157,13 @@ def reconcile(
             len(outcome.requeued),
             settings.queue,
         )
+    if outcome.settled:
+        log.warning(
+            "reconciler: recorded the failure of %d job(s) on %s that RQ had ended without "
+            "phase1 recording it",
+            len(outcome.settled),
+            settings.queue,
+        )
     return outcome
 
 
@@ -144,17 +172,57 @@ def _try_lock(conn: Conn, queue: str) -> bool:
     return bool(row and row["locked"])
 
 
-def _missing_from_redis(ctx: Phase1, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _in_redis(ctx: Phase1, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
+    """Each row with its job's RQ status ('' when it has none), None when Redis lost the job."""
     try:
         with ctx.redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 pipe.exists(keys.rq_job(row["job_id"]))
-            known = pipe.execute()
+                pipe.hget(keys.rq_job(row["job_id"]), "status")
+            answers = pipe.execute()
     except RedisError as exc:
         raise UnavailableError(
             f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
         ) from exc
-    return [row for row, exists in zip(rows, known, strict=True) if not exists]
+    return [
+        (row, (answers[2 * i + 1] or b"").decode() if answers[2 * i] else None)
+        for i, row in enumerate(rows)
+    ]
+
+
+def _settle(ctx: Phase1, job_id: str, rq_status: str) -> bool:
+    """Record the failure of a live row's job that RQ has ended; whether it was recorded."""
+    entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
+    if entry is not None:  # dead-lettered and announced while PostgreSQL was down
+        with ctx.transaction() as conn:
+            failed = executions.record_failed_attempt(
+                conn,
+                job_id,
+                worker=None,
+                final=True,
+                error_type=str(entry.get("errorType") or "Error"),
+                error_message=str(entry.get("message") or ""),
+                next_retry_at=None,
+            )
+        return failed is not None and failed.status == "failed"
+    try:
+        job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+    except NoSuchJobError:  # gone since: the next pass enqueues it again
+        return False
+    latest = job.latest_result()
+    said = f": {latest.exc_string.strip()}" if latest is not None and latest.exc_string else ""
+    recorded = phase1_job.record_failure(
+        job,
+        ctx.redis,
+        reason="abandoned",
+        error_type="EndedOutsidePhase1",
+        message=f"RQ ended the job as {rq_status} without phase1's failure handling{said}",
+        traceback_text=None,
+        final=True,
+        next_retry_at=None,
+        ctx=ctx,
+    )
+    return recorded == "recorded"
 
 
 def _requeue(ctx: Phase1, row: dict[str, Any]) -> None:

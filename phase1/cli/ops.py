@@ -14,7 +14,10 @@ def reconcile(
     as_json: bool = typer.Option(
         False,
         "--json",
-        help="Print a summary: queue, checked, requeued, jobIds, lockedOut, seconds.",
+        help=(
+            "Print a summary: queue, checked, requeued, jobIds, settled, settledJobIds, "
+            "lockedOut, seconds."
+        ),
     ),
     grace: float | None = typer.Option(
         None,
@@ -27,7 +30,10 @@ def reconcile(
     ),
 ) -> None:
     """Re-enqueue every job PostgreSQL holds as pending, active or retrying that Redis has
-    lost (Redis restarted without persistence, or was flushed), under the same job id.
+    lost (Redis restarted without persistence, or was flushed), under the same job id; and
+    record as failed (dead-lettered) each of those jobs that RQ has ended without phase1 hearing
+    of it (failed by a plain `rq worker`'s maintenance, stopped or cancelled with RQ's tools,
+    or failed while PostgreSQL was down).
 
     Every `phase1 worker` also does this every PHASE1_RECONCILE_INTERVAL seconds; running it
     by hand after a Redis loss just makes it happen now. Safe to run alongside workers.
@@ -52,6 +58,12 @@ def reconcile(
             f"{outcome.queue} that Redis had lost",
             highlight=False,
         )
+        if outcome.settled:
+            stdout().print(
+                f"recorded the failure of {len(outcome.settled)} that RQ had ended without "
+                f"phase1 (see phase1 dlq list)",
+                highlight=False,
+            )
     if outcome.locked_out:
         raise fail(
             f"another process is reconciling {outcome.queue}; nothing done after waiting "

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
-from rq.job import Job
+from rq import SimpleWorker
+from rq.job import Job, JobStatus
 from support import PHASE1, run_concurrently, settings_env
 
-from phase1 import approval, keys, plans, reconcile
-from phase1.context import Phase1
+from phase1 import approval, deadletter, events, executions, keys, plans, reconcile
+from phase1 import job as phase1_job
+from phase1.context import Phase1, build
+from phase1.errors import UnavailableError
 from phase1.schemas import SAMPLE_ANALYSIS
+from phase1.settings import Settings
 
 
 def approved(ctx: Phase1, count: int) -> list[str]:
@@ -153,3 +159,96 @@ def test_command_output(ctx: Phase1, as_json: bool) -> None:
         assert summary["queue"] == ctx.settings.queue and not summary["lockedOut"]
     else:
         assert result.stdout.startswith("re-enqueued 2 of 2 live job(s)")
+
+
+@pytest.fixture
+def last_try(make_settings: Callable[..., Settings]) -> Iterator[Phase1]:
+    """Jobs with no retry: RQ's failure of one is final."""
+    ctx = build(make_settings(max_retries=0))
+    yield ctx
+    ctx.close()
+
+
+def failed_events(ctx: Phase1, job_id: str) -> list[events.Event]:
+    read = events.read(ctx.redis, ctx.settings.queue, job_id=job_id)
+    return [e for _, e in read if e.type == events.FAILED]
+
+
+def test_a_job_rq_failed_on_its_own_is_recorded_failed_and_dead_lettered(
+    last_try: Phase1,
+) -> None:
+    """A plain `rq worker`'s maintenance fails a job a dead worker took and never started,
+    without phase1's failure handling: its row said `pending` for good."""
+    ctx = last_try
+    (job_id,) = approved(ctx, 1)
+    queue = ctx.queue()
+    ctx.redis.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")  # taken; died
+    ctx.redis.set(queue.intermediate_queue.get_first_seen_key(job_id), time.time() - 120)
+    rq_worker = SimpleWorker([queue], connection=ctx.redis, serializer=queue.serializer)
+    queue.intermediate_queue.cleanup(rq_worker, queue)  # RQ's own pass
+    job = Job.fetch(job_id, connection=ctx.redis, serializer=queue.serializer)
+    assert job.get_status() == JobStatus.FAILED and row_status(ctx, job_id) == "pending"
+
+    outcome = reconcile.reconcile(ctx, grace=0)
+    assert outcome.settled == [job_id] and outcome.requeued == []
+    assert row_status(ctx, job_id) == "failed"
+    with ctx.transaction() as conn:
+        attempts = executions.attempts(conn, job_id)
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed")]
+    assert attempts[0]["error_type"] == "EndedOutsidePhase1"
+    assert "RQ ended the job as failed" in attempts[0]["error_message"]
+    assert "stuck in intermediate queue" in attempts[0]["error_message"]
+    entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
+    assert entry is not None and entry["reason"] == "abandoned"
+    assert len(failed_events(ctx, job_id)) == 1
+
+    again = reconcile.reconcile(ctx, grace=0)  # nothing left to do, nothing twice
+    assert again.settled == [] and again.requeued == []
+    with ctx.transaction() as conn:
+        assert len(executions.attempts(conn, job_id)) == 1
+    assert len(failed_events(ctx, job_id)) == 1
+
+
+def test_a_final_failure_dead_lettered_while_postgresql_was_down_reaches_its_row(
+    last_try: Phase1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """phase1 dead-letters a final failure and announces it even when PostgreSQL is down; the
+    row stayed `active` for good, and the polling route said so."""
+    ctx = last_try
+    (job_id,) = approved(ctx, 1)
+    with ctx.transaction() as conn:
+        assert executions.start_attempt(conn, job_id, "w1") == 1
+    job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+    job.set_status(JobStatus.FAILED)
+
+    def down() -> None:
+        raise UnavailableError("PostgreSQL at 127.0.0.1:5432 is unavailable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ctx, "transaction", down)
+        with pytest.raises(UnavailableError):
+            phase1_job.record_failure(
+                job,
+                ctx.redis,
+                reason="exception",
+                error_type="ValueError",
+                message="bad input",
+                traceback_text=None,
+                final=True,
+                next_retry_at=None,
+                ctx=ctx,
+            )
+    entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
+    assert entry is not None and len(failed_events(ctx, job_id)) == 1
+    set_row(ctx, job_id, "active", updated_at="NOW() - interval '1 hour'")
+
+    outcome = reconcile.reconcile(ctx, grace=0)
+    assert outcome.settled == [job_id]
+    assert row_status(ctx, job_id) == "failed"
+    with ctx.transaction() as conn:
+        attempts = executions.attempts(conn, job_id)
+    assert [(a["attempt"], a["status"], a["error_type"]) for a in attempts] == [
+        (1, "failed", "ValueError")
+    ]
+    assert deadletter.get(ctx.redis, ctx.settings.queue, job_id) == entry  # as it was
+    assert len(failed_events(ctx, job_id)) == 1  # announced once
