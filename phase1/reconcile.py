@@ -47,6 +47,7 @@ BATCH = 500
 # RQ's statuses of a job that has ended, and not as `finished` (a job that completed commits
 # its row before RQ hears of it).
 ENDED_IN_RQ = frozenset({"failed", "stopped", "canceled"})
+LIVE = ("pending", "active", "retrying")
 
 SQL_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(%(key)s)) AS locked"
 # Live rows old enough that their approval has had time to enqueue them: `pending` and
@@ -195,6 +196,9 @@ def _settle(ctx: Phase1, job_id: str, rq_status: str) -> bool:
     entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
     if entry is not None:  # dead-lettered and announced while PostgreSQL was down
         with ctx.transaction() as conn:
+            row = executions.get(conn, job_id, lock=True)
+            if row is None or row["status"] not in LIVE:
+                return False  # recorded meanwhile
             failed = executions.record_failed_attempt(
                 conn,
                 job_id,
