@@ -24,7 +24,8 @@ from typing import Any
 from rq import worker_registration
 from rq.queue import Queue
 from rq.registry import clean_registries
-from rq.utils import as_text, now
+from rq.utils import as_text
+from rq.utils import now as utc_now
 from rq.worker import BaseWorker
 
 from phase1 import keys
@@ -117,4 +118,4 @@ class PutsBackLeftBehind(BaseWorker):
                     put_back_left_behind(queue)
                 finally:
                     queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
-        self.last_cleaned_at = now()  # type: ignore[assignment]
+        self.last_cleaned_at = utc_now()  # type: ignore[assignment]
