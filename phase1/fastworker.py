@@ -285,6 +285,7 @@ class FastWorker(lane.LaneWorker):
                 for write, _ in staged:
                     write(pipe)
                 take = self._take_next_in(pipe)
+                sent_at = time.monotonic()
                 results = pipe.execute(raise_on_error=False)
             errors = [r for r in (results[:-1] if take else results) if isinstance(r, Exception)]
             if errors:
@@ -294,7 +295,7 @@ class FastWorker(lane.LaneWorker):
                 stage.restage(staged)
             raise
         if take:
-            self._keep_taken(results[-1])
+            self._keep_taken(results[-1], sent_at)
         for _, then in staged:
             if then is not None:
                 then()
@@ -321,7 +322,7 @@ class FastWorker(lane.LaneWorker):
         pipe.evalsha(taking.TAKE_SHA, *self._take_call[1])
         return True
 
-    def _keep_taken(self, answer: Any) -> None:
+    def _keep_taken(self, answer: Any, sent_at: float) -> None:
         if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart: load it for next time
             self.log.debug("Worker %s: taking the next job failed: %s", self.name, answer)
             with contextlib.suppress(RedisError):
@@ -331,6 +332,7 @@ class FastWorker(lane.LaneWorker):
             return
         try:
             self._prefetched, self._prefetched_taken = self._restore(answer), None
+            self._take_sent_at = sent_at
         except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
             self._hand_back(as_text(answer[0]), as_text(answer[1]))
             self._no_take_once = True
@@ -340,6 +342,7 @@ class FastWorker(lane.LaneWorker):
     ) -> tuple[Job, Queue] | None:
         # The taken job stays in _prefetched until execute_job starts it: a stop signal that
         # comes before the caller holds it (and raises StopRequested) must still hand it back.
+        self._give_back_stale()  # if it waited too long (a slow maintenance pass, a stall)
         taken = self._prefetched
         if taken is None:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

@@ -55,6 +55,7 @@ from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
 from phase1 import staging
+from phase1.intermediate import STUCK_AFTER
 from phase1.lanescripts import STARTED_FIELDS, UNSTART, encoded, stamp, utc
 from phase1.lanesteps import Pending, StepsOnTheirWay
 from phase1.taking import HAND_BACK, taken
@@ -70,6 +71,14 @@ QUICK_RUNS = 3
 # that starts the next job can go out before the answer of the one before it is read (the
 # worker then waits for Redis only when Redis is the slower of the two).
 HELD = 2
+# A held job must not start once the maintenance pass (phase1.intermediate) may have put it
+# back on its queue (seen in the intermediate list for STUCK_AFTER): another worker could run
+# it too. So a job held GIVE_BACK_AFTER seconds (the quick job it waited behind turned slow,
+# or the worker stalled) goes back instead of starting. One held LET_GO_AFTER is not even
+# handed back: the pass may have put it back and another worker taken it into the same list,
+# and a hand-back would take it from that one; it is left to the pass.
+GIVE_BACK_AFTER = STUCK_AFTER / 4
+LET_GO_AFTER = STUCK_AFTER * 3 / 4
 
 
 def _before(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -86,6 +95,11 @@ class Taken:
     pttl: int  # the job key's expiry before its start (-1: none)
     before: dict[bytes, bytes]  # STARTED_FIELDS as they were
     execution: Execution | None = None  # once started
+    taken_at: float = float("inf")  # time.monotonic() when the call that took it was sent
+
+    def held_for(self) -> float:
+        """How long it has waited in the worker's hands unstarted, at least (0 if started)."""
+        return 0.0 if self.execution is not None else max(0.0, time.monotonic() - self.taken_at)
 
 
 class LaneWorker(StepsOnTheirWay, SimpleWorker):
@@ -107,6 +121,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         self._no_take_once = False
         self._prefetched: tuple[Job, Queue] | None = None  # the job to run next
         self._prefetched_taken: Taken | None = None  # … when the lane took it
+        self._take_sent_at = float("inf")  # when the TAKE that took _prefetched was sent
         self._peeked: deque[Taken] = deque()  # the ones after it (HELD at most), in order
         self._pending: deque[Pending] = deque()  # oldest first
         self._sender: Connection | None = None  # the connection STEPs are sent on unanswered
@@ -141,6 +156,25 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         """The job the worker holds to run next, if the lane took it."""
         return self._prefetched_taken if self._prefetched is not None else None
 
+    def _held_too_long(self) -> bool:
+        """Whether the job held to run next has waited unstarted GIVE_BACK_AFTER seconds (the
+        jobs held behind it were taken after it)."""
+        if self._prefetched is None:
+            return False
+        taken = self._prefetched_taken
+        if taken is None:  # taken by TAKE
+            return time.monotonic() - self._take_sent_at >= GIVE_BACK_AFTER
+        return taken.held_for() >= GIVE_BACK_AFTER
+
+    def _give_back_stale(self) -> bool:
+        """Put back the jobs held, if the one to run next waited too long (`_held_too_long`);
+        whether it did."""
+        if not self._held_too_long():
+            return False
+        self._settle()
+        self._return_held()
+        return True
+
     def _peeks(self, job: Job) -> int:
         """How many jobs a STEP that starts `job` may take to hold behind it: up to HELD with
         those held or on their way already, and none behind a job not known to be quick."""
@@ -158,7 +192,8 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         args = [*self._header(moment), "none", *self._given(job, execution)]
         peeks = self._peeks(job) if self._prefetched is None else 0
         args += self._next_args("-", take=False, peeks=peeks)
-        self._after(self._step(args, []), None, None, None)
+        sent_at = time.monotonic()
+        self._after(self._step(args, []), None, None, None, sent_at)
         self._state_written = self._state = WorkerStatus.BUSY
         return execution
 
@@ -204,6 +239,8 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         stage = staging.current
         # Ahead: the job to run next is held already (not started), so this STEP can start it
         # before the answer of the STEP on its way is read; that answer is read after it.
+        if self._following() is not None:
+            self._give_back_stale()
         following = self._following()
         ahead = (
             bool(self._pending)
@@ -213,6 +250,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         )
         if not ahead:
             self._settle()  # the STEP that started this job (and took the one after it)
+            self._give_back_stale()
             following = self._following()
         staged = stage.take() if stage is not None else []
         go_on = self._take_next()
@@ -229,6 +267,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
                 args += self._next_args(next_execution, take=True, peeks=0)
             else:
                 args.append("-")
+        sent_at = time.monotonic()
         try:
             if following is not None and not staged:
                 # The answer is read when `following` ends (or, ahead, the one before it now).
@@ -249,7 +288,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         if following is not None:
             self._state_written = self._state = WorkerStatus.BUSY
         if answer is not None:
-            self._after(answer, job, queue, (next_execution, moment))
+            self._after(answer, job, queue, (next_execution, moment), sent_at)
             if self._started_quick_job_alone():  # take the ones after it while it runs
                 taken = self._prefetched_taken
                 assert taken is not None
@@ -336,19 +375,21 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
         finished: Job | None,
         queue: Queue | None,
         started: tuple[str, float] | None,
+        sent_at: float,
     ) -> None:
         """Keep what STEP took (`started`: the execution id and moment it started a job
-        with); move the finished job's dependents (RQ's own, WATCHed move)."""
+        with; `sent_at`: when the STEP was sent); move the finished job's dependents (RQ's
+        own, WATCHed move)."""
         dependents, taken, peeked = answer
         if taken:
             assert started is not None
-            self._keep(taken, started)
+            self._keep(taken, sent_at, started)
         for entry in peeked or ():
-            self._keep(entry)
+            self._keep(entry, sent_at)
         if finished is not None and queue is not None and dependents > 0:
             queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(finished))
 
-    def _keep(self, answer: Any, started: tuple[str, float] | None = None) -> None:
+    def _keep(self, answer: Any, sent_at: float, started: tuple[str, float] | None = None) -> None:
         """Hold a job STEP took: as the job to run next, or as the one after it."""
         queue_key, job_id, flat, pttl = answer
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -358,7 +399,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
             self._put_back_unread(as_text(queue_key), as_text(job_id), fields, pttl, started)
             self._no_take_once = True
             return
-        taken = Taken(job, queue, int(pttl), _before(fields))
+        taken = Taken(job, queue, int(pttl), _before(fields), taken_at=sent_at)
         if started is not None:
             taken.execution = self._execution(job.id, started[1], started[0])
             self._state_written = self._state = WorkerStatus.BUSY
@@ -370,13 +411,25 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
     # -- putting jobs back ------------------------------------------------------------------------
 
     def _return_held(self) -> None:
-        """Put back the jobs held to run next, the last first, so they keep their order."""
+        """Put back the jobs held to run next, the last first, so they keep their order; one
+        held unstarted LET_GO_AFTER seconds is left to the maintenance pass."""
         held, self._peeked = list(self._peeked), deque()
         prefetched, following = self._prefetched, self._prefetched_taken
         self._prefetched, self._prefetched_taken = None, None
         if prefetched is not None:  # taken by TAKE (not started) unless the lane took it
-            held.insert(0, following or Taken(prefetched[0], prefetched[1], -1, {}))
+            took = Taken(prefetched[0], prefetched[1], -1, {}, taken_at=self._take_sent_at)
+            held.insert(0, following or took)
         for held_job in reversed(held):
+            waited = held_job.held_for()
+            if waited >= LET_GO_AFTER:
+                self.log.warning(
+                    "Worker %s: job %s waited %.0f s unstarted in this worker's hands; the "
+                    "maintenance pass puts it back on its queue (it may have already)",
+                    self.name,
+                    held_job.job.id,
+                    waited,
+                )
+                continue
             self._put_back(held_job)
 
     def _put_back(self, taken: Taken) -> None:

@@ -11,6 +11,7 @@ go back to their queues (`_lost`).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ class Pending:
     args: list[Any]
     job: Job | None  # the job it finished
     queue: Queue | None
+    sent_at: float  # time.monotonic()
 
     @property
     def peeks(self) -> int:
@@ -59,7 +61,14 @@ class StepsOnTheirWay:
     _sender: Connection | None
     _unsure_starts: dict[str, str]  # job id: its intermediate list
 
-    def _after(self, answer: Any, finished: Job | None, queue: Queue | None, started: Any) -> None:
+    def _after(
+        self,
+        answer: Any,
+        finished: Job | None,
+        queue: Queue | None,
+        started: Any,
+        sent_at: float,
+    ) -> None:
         raise NotImplementedError  # LaneWorker: keep what a STEP took
 
     def _return_held(self) -> None:
@@ -105,7 +114,7 @@ class StepsOnTheirWay:
         except BaseException:
             self._lost()
             raise
-        self._pending.append(Pending(self._sender, args, job, queue))
+        self._pending.append(Pending(self._sender, args, job, queue, time.monotonic()))
 
     def _drop_sender(self) -> None:
         sender, self._sender = self._sender, None
@@ -156,7 +165,7 @@ class StepsOnTheirWay:
             except BaseException:
                 self._lost(pending)
                 raise
-            self._after(answer, pending.job, pending.queue, None)
+            self._after(answer, pending.job, pending.queue, None, pending.sent_at)
 
     def _refused(self, refused: Pending, error: ResponseError) -> None:
         """A STEP Redis refused, with the STEPs sent after it, in order. NOSCRIPT (a Redis
@@ -196,7 +205,7 @@ class StepsOnTheirWay:
                         exc,
                     )
                     continue
-            self._after(outcome, pending.job, pending.queue, None)
+            self._after(outcome, pending.job, pending.queue, None, pending.sent_at)
 
     def _again(self, pending: Pending, ran_after: Pending | None) -> Any:
         """Run a refused STEP again, synchronously. When a STEP after it did run: without

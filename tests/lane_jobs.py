@@ -28,6 +28,15 @@ def slow(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def tally(seconds: float = 0.0) -> None:
+    """Counts its runs (`lane-test:runs:<job id>`), then sleeps `seconds`."""
+    job = get_current_job()
+    assert job is not None
+    job.connection.incr(f"lane-test:runs:{job.id}")
+    job.connection.expire(f"lane-test:runs:{job.id}", 600)
+    time.sleep(seconds)
+
+
 def _refusals(connection: Redis, error: str) -> int:
     return int(connection.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0))
 

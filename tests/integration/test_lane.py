@@ -21,6 +21,7 @@ from support import RQ, Processes, RoundTrips, wait_until
 
 from phase1 import lane
 from phase1.fastworker import FastWorker
+from phase1.intermediate import STUCK_AFTER, put_back_left_behind
 from phase1.settings import Settings
 
 
@@ -300,3 +301,129 @@ def test_jobs_held_behind_quick_ones_go_back_before_a_slow_one_runs(
     assert seen["queued"] == [job.id for job in after]
     assert seen["intermediate"] == 0
     assert all(job.get_status() == JobStatus.FINISHED for job in [*quick, slow, *after])
+
+
+def _runs(redis: Redis, job: Job) -> int:
+    return int(redis.get(f"lane-test:runs:{job.id}") or 0)
+
+
+def _held_behind_a_slow_job(
+    redis: Redis, queue: Queue, seconds: float, while_held: Any = None
+) -> tuple[FastWorker, Job, list[Job]]:
+    """A worker that learnt `lane_jobs.tally` is quick runs one that takes `seconds`, with
+    jobs held behind it (taken off the queue, not started), and `while_held()` called then."""
+    worker = _learnt_worker(redis, queue, "lane_jobs.tally")
+    slow = queue.enqueue("lane_jobs.tally", seconds, result_ttl=600)
+    after = [queue.enqueue("lane_jobs.tally", result_ttl=600) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            wait_until(
+                lambda: (
+                    slow.get_status() == JobStatus.STARTED
+                    and redis.llen(queue.intermediate_queue_key) > 0
+                ),
+                what="jobs held behind the slow one",
+            )
+            if while_held is not None:
+                while_held()
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    worker.work(burst=True, logging_level="WARNING")
+    watcher.join()
+    assert not errors, errors
+    return worker, slow, after
+
+
+def test_a_held_job_the_maintenance_pass_put_back_is_not_started_too(
+    redis: Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs held behind a quick job that turns slow, long enough for the maintenance pass to
+    put them back on their queue: the worker does not start them from its hands (nor hand
+    them back, which could take them from another worker); each runs once."""
+    monkeypatch.setattr(lane, "QUICK_S", 0.05)
+    monkeypatch.setattr(lane, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(lane, "LET_GO_AFTER", 0.4)
+    queue = _queue(redis, queue_name)
+    put_back: list[str] = []
+
+    def two_passes_a_minute_apart() -> None:
+        put_back_left_behind(queue, now=1_000_000.0)
+        put_back.extend(put_back_left_behind(queue, now=1_000_000.0 + STUCK_AFTER))
+
+    _, slow, after = _held_behind_a_slow_job(redis, queue, 1.0, two_passes_a_minute_apart)
+    assert put_back and set(put_back) <= {job.id for job in after}
+    assert [_runs(redis, job) for job in [slow, *after]] == [1, 1, 1, 1]
+    assert all(job.get_status() == JobStatus.FINISHED for job in [slow, *after])
+    assert redis.llen(queue.intermediate_queue_key) == 0
+    assert StartedJobRegistry(queue=queue).count == 0
+
+
+def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
+    redis: Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs held behind a quick job that turns slow, past GIVE_BACK_AFTER: they go back to the
+    front of their queue (for any worker) rather than start from this worker's hands."""
+    monkeypatch.setattr(lane, "QUICK_S", 0.05)
+    monkeypatch.setattr(lane, "GIVE_BACK_AFTER", 0.2)
+    queue = _queue(redis, queue_name)
+    handed_back: list[tuple[str, int]] = []  # job id, its runs then
+    hand_back = FastWorker._hand_back
+
+    def spy(self: FastWorker, queue_key: str, job_id: str, **kwargs: Any) -> None:
+        handed_back.append((job_id, int(redis.get(f"lane-test:runs:{job_id}") or 0)))
+        hand_back(self, queue_key, job_id, **kwargs)
+
+    monkeypatch.setattr(FastWorker, "_hand_back", spy)
+    _, slow, after = _held_behind_a_slow_job(redis, queue, 0.6)
+    # The job held to run next went back unrun (a job held behind it may go back as well).
+    assert (after[0].id, 0) in handed_back
+    assert {job_id for job_id, _ in handed_back} <= {after[0].id, after[1].id}
+    assert [_runs(redis, job) for job in [slow, *after]] == [1, 1, 1, 1]
+    assert all(job.get_status() == JobStatus.FINISHED for job in [slow, *after])
+    assert redis.llen(queue.intermediate_queue_key) == 0
+
+
+def test_held_jobs_go_back_well_before_the_maintenance_pass_would_put_them_back() -> None:
+    assert (lane.GIVE_BACK_AFTER, lane.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
+
+
+def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
+    redis: Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The success of a job the lane does not finish (a success callback) takes the next job
+    in the same transaction; if the worker's loop then spends GIVE_BACK_AFTER before starting
+    it (a slow maintenance pass), it goes back to its queue first, unrun, and runs once."""
+    monkeypatch.setattr(lane, "GIVE_BACK_AFTER", 0.2)
+    queue = _queue(redis, queue_name)
+    worker = FastWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
+    )
+    first = queue.enqueue(
+        "lane_jobs.tally", result_ttl=600, on_success=Callback("lane_jobs.remember")
+    )
+    second = queue.enqueue("lane_jobs.tally", result_ttl=600)
+    handed_back: list[tuple[str, int]] = []
+    hand_back = worker._hand_back
+
+    def spy(queue_key: str, job_id: str, **kwargs: Any) -> None:
+        handed_back.append((job_id, _runs(redis, Job(job_id, connection=redis))))
+        hand_back(queue_key, job_id, **kwargs)
+
+    check = worker.check_for_suspension
+
+    def dawdle(burst: bool) -> None:
+        if worker._prefetched is not None and not handed_back:
+            time.sleep(0.3)
+        check(burst)
+
+    worker._hand_back = spy  # type: ignore[method-assign]
+    worker.check_for_suspension = dawdle  # type: ignore[method-assign]
+    worker.work(burst=True, logging_level="WARNING")
+    assert handed_back == [(second.id, 0)]
+    assert [_runs(redis, first), _runs(redis, second)] == [1, 1]
+    assert second.get_status() == JobStatus.FINISHED
