@@ -74,15 +74,17 @@ def http_latency(env: BenchEnv) -> tuple[list[Row], dict[str, Any]]:
     rows = [Row(**{k: v for k, v in r.items() if k in names}) for r in result.get("rows", [])]
     targets = result.get("targets_p99_ms", {})
     given = bool(rows)  # the module's own rows, when it makes them
-    for route, label in (("approval", "approval (PATCH)"), ("polling", "polling (GET)")):
-        times = result.get(route)
+    labels = getattr(module, "LABELS", {"approval": "approval (PATCH), idle"})
+    for key, label in labels.items():
+        times = result.get(key)
         if given or not isinstance(times, dict):
             continue
         for pct in ("p50", "p99"):
-            row = Row("http", f"{label} {pct}, idle, through waitress", "ms", times[f"{pct}_ms"])
+            name, _, when = label.partition(", ")
+            row = Row("http", f"{name} {pct}, {when}, through waitress", "ms", times[f"{pct}_ms"])
             row.higher_is_better = False
-            if pct == "p99" and route in targets:
-                goal(row, at_most=float(targets[route]))
+            if pct == "p99" and key in targets:
+                goal(row, at_most=float(targets[key]))
             rows.append(row)
     return rows, result
 

@@ -21,9 +21,10 @@ def load() -> ModuleType:
 
 def test_http_latency_bench_runs(pg_server_url: str) -> None:
     result = load().run(20, warmup=5, threads=2, database_url=pg_server_url)
-    for name in ("approval", "polling"):
+    for name in ("approval", "polling", "approval_back_to_back", "polling_while_draining"):
         row = result[name]
         assert row["n"] == 20
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    for name in ("approval", "polling"):
         assert 0 <= result["server_within_target"][name] <= 1
     assert result["worker_processes"] == 1 and result["keepalive"] is True
