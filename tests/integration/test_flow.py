@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 import uuid
 import zlib
+from typing import Any
 
+import psycopg
 import pytest
+from redis import Redis
+from redis.connection import Connection as RedisConnection
 from rq.job import Job
 from support import Processes, inject_fault, wait_until
 
@@ -109,6 +113,64 @@ def test_approval_is_idempotent(ctx: Phase1) -> None:
     second = approval.approve(ctx, plan_id)
     assert second.job_id == first.job_id and not second.created
     assert ctx.queue().count == 1
+
+
+def test_the_approval_reads_redis_ping_inside_its_open_transaction(
+    ctx: Phase1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval's Redis check travels while PostgreSQL runs its statement: the PING's
+    answer is read with the transaction open and nothing committed yet (so a Redis that does
+    not answer still leaves PostgreSQL untouched), not waited for before it begins."""
+    plan_id = make_plan(ctx)
+    seen: list[tuple[str, int, bool]] = []
+    read_response = RedisConnection.read_response
+
+    def spy(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        answer = read_response(self, *args, **kwargs)
+        if answer == b"PONG":
+            with psycopg.connect(ctx.database_url, autocommit=True) as other:
+                open_ = other.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'idle in transaction'"
+                ).fetchone()
+                committed = executions.for_plan(other, plan_id) is not None  # type: ignore[arg-type]
+            seen.append(("PONG", open_[0] if open_ else 0, committed))
+        return answer
+
+    ctx.redis.ping()  # a connection in the pool (a new one's connect sends a PING of its own)
+    monkeypatch.setattr(RedisConnection, "read_response", spy)
+    result = approval.approve(ctx, plan_id)
+    monkeypatch.undo()
+    assert seen == [("PONG", 1, False)]
+    assert result.created and jobs.job_in_redis(ctx, result.job_id)
+
+
+def test_an_approval_whose_redis_connection_is_closed_under_it_asks_again(
+    ctx: Phase1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pooled connection the approval's PING goes out on is closed by Redis as it is sent
+    (a restart, a proxy's reset): the approval asks again on a new connection, and goes on."""
+    plan_id = make_plan(ctx)
+    ctx.redis.ping()
+    killer = Redis.from_url(ctx.redis_url)
+    killed: list[int] = []
+    send_command = RedisConnection.send_command
+
+    def closed_first(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        if args[:1] == ("PING",) and not killed and self._sock is not None:
+            host, port = self._sock.getsockname()[:2]
+            killed.append(killer.client_kill_filter(addr=f"{host}:{port}"))  # type: ignore[arg-type]
+        return send_command(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisConnection, "send_command", closed_first)
+    try:
+        result = approval.approve(ctx, plan_id)
+    finally:
+        monkeypatch.undo()
+        killer.close()
+    assert killed == [1]
+    assert result.created and jobs.job_in_redis(ctx, result.job_id)
+    assert jobs.view(ctx, result.job_id).status == "pending"
 
 
 def test_concurrent_approvals_make_one_job(ctx: Phase1, processes: Processes) -> None:
