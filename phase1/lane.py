@@ -24,7 +24,8 @@ between) runs without the start of the job its successor finished, and takes no 
 Answers lost with their connection leave what those STEPs did unknown: the jobs the worker
 holds go back to their queues (UNSTART, or from the intermediate list when their start was
 not written), and the job being finished takes its failure path, as before. Sending STEPs
-and reading their answers lives in phase1.lanesteps.
+and reading their answers lives in phase1.lanesteps; the held jobs, and putting them back, in
+phase1.held.
 
 A job STEP started that the worker then does not run (stop, suspension, `max_jobs`) goes
 back as it was, at the front of its queue (UNSTART). A worker killed in that moment leaves
@@ -38,13 +39,11 @@ import logging
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
 from redis.connection import Connection
-from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.intermediate_queue import IntermediateQueue
@@ -55,11 +54,11 @@ from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
 from phase1 import staging
-from phase1.intermediate import STUCK_AFTER
-from phase1.lanescripts import STARTED_FIELDS, UNSTART, encoded, stamp, utc
-from phase1.lanesteps import Pending, StepsOnTheirWay
-from phase1.taking import HAND_BACK, taken
+from phase1.held import HeldJobs, Taken, before_start
+from phase1.lanescripts import encoded, stamp, utc
+from phase1.lanesteps import Pending
 from phase1.taking import can_take as _can_take
+from phase1.taking import taken
 
 # A job that runs in under QUICK_S, QUICK_RUNS times in a row, is quick: while one runs, the
 # worker holds the job after it (taken off its queue, not started), so the next STEP can
@@ -71,38 +70,9 @@ QUICK_RUNS = 3
 # that starts the next job can go out before the answer of the one before it is read (the
 # worker then waits for Redis only when Redis is the slower of the two).
 HELD = 2
-# A held job must not start once the maintenance pass (phase1.intermediate) may have put it
-# back on its queue (seen in the intermediate list for STUCK_AFTER): another worker could run
-# it too. So a job held GIVE_BACK_AFTER seconds (the quick job it waited behind turned slow,
-# or the worker stalled) goes back instead of starting. One held LET_GO_AFTER is not even
-# handed back: the pass may have put it back and another worker taken it into the same list,
-# and a hand-back would take it from that one; it is left to the pass.
-GIVE_BACK_AFTER = STUCK_AFTER / 4
-LET_GO_AFTER = STUCK_AFTER * 3 / 4
 
 
-def _before(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """The fields STEP's start changes, as they were (for UNSTART)."""
-    return {f: fields[f] for f in STARTED_FIELDS if f in fields}
-
-
-@dataclass
-class Taken:
-    """A job the lane took off its queue (into its intermediate list), started or not."""
-
-    job: Job
-    queue: Queue
-    pttl: int  # the job key's expiry before its start (-1: none)
-    before: dict[bytes, bytes]  # STARTED_FIELDS as they were
-    execution: Execution | None = None  # once started
-    taken_at: float = float("inf")  # time.monotonic() when the call that took it was sent
-
-    def held_for(self) -> float:
-        """How long it has waited in the worker's hands unstarted, at least (0 if started)."""
-        return 0.0 if self.execution is not None else max(0.0, time.monotonic() - self.taken_at)
-
-
-class LaneWorker(StepsOnTheirWay, SimpleWorker):
+class LaneWorker(HeldJobs, SimpleWorker):
     """The lane's half of FastWorker: a plain job's start, success and the next job's start
     in one STEP, and, while a plain job runs, the STEP that started it still on its way.
 
@@ -155,25 +125,6 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
     def _following(self) -> Taken | None:
         """The job the worker holds to run next, if the lane took it."""
         return self._prefetched_taken if self._prefetched is not None else None
-
-    def _held_too_long(self) -> bool:
-        """Whether the job held to run next has waited unstarted GIVE_BACK_AFTER seconds (the
-        jobs held behind it were taken after it)."""
-        if self._prefetched is None:
-            return False
-        taken = self._prefetched_taken
-        if taken is None:  # taken by TAKE
-            return time.monotonic() - self._take_sent_at >= GIVE_BACK_AFTER
-        return taken.held_for() >= GIVE_BACK_AFTER
-
-    def _give_back_stale(self) -> bool:
-        """Put back the jobs held, if the one to run next waited too long (`_held_too_long`);
-        whether it did."""
-        if not self._held_too_long():
-            return False
-        self._settle()
-        self._return_held()
-        return True
 
     def _peeks(self, job: Job) -> int:
         """How many jobs a STEP that starts `job` may take to hold behind it: up to HELD with
@@ -399,7 +350,7 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
             self._put_back_unread(as_text(queue_key), as_text(job_id), fields, pttl, started)
             self._no_take_once = True
             return
-        taken = Taken(job, queue, int(pttl), _before(fields), taken_at=sent_at)
+        taken = Taken(job, queue, int(pttl), before_start(fields), taken_at=sent_at)
         if started is not None:
             taken.execution = self._execution(job.id, started[1], started[0])
             self._state_written = self._state = WorkerStatus.BUSY
@@ -407,96 +358,6 @@ class LaneWorker(StepsOnTheirWay, SimpleWorker):
             self._prefetched, self._prefetched_taken = (job, queue), taken
         else:
             self._peeked.append(taken)
-
-    # -- putting jobs back ------------------------------------------------------------------------
-
-    def _return_held(self) -> None:
-        """Put back the jobs held to run next, the last first, so they keep their order; one
-        held unstarted LET_GO_AFTER seconds is left to the maintenance pass."""
-        held, self._peeked = list(self._peeked), deque()
-        prefetched, following = self._prefetched, self._prefetched_taken
-        self._prefetched, self._prefetched_taken = None, None
-        if prefetched is not None:  # taken by TAKE (not started) unless the lane took it
-            took = Taken(prefetched[0], prefetched[1], -1, {}, taken_at=self._take_sent_at)
-            held.insert(0, following or took)
-        for held_job in reversed(held):
-            waited = held_job.held_for()
-            if waited >= LET_GO_AFTER:
-                self.log.warning(
-                    "Worker %s: job %s waited %.0f s unstarted in this worker's hands; the "
-                    "maintenance pass puts it back on its queue (it may have already)",
-                    self.name,
-                    held_job.job.id,
-                    waited,
-                )
-                continue
-            self._put_back(held_job)
-
-    def _put_back(self, taken: Taken) -> None:
-        """Back to the front of its queue: a started job as it was before its start, and one
-        whose start was not written (or is not known to be) from the intermediate list."""
-        if taken.execution is not None and self._unstart(
-            taken.queue.key,
-            taken.job.id,
-            taken.job.origin,
-            taken.execution.id,
-            taken.pttl,
-            taken.before,
-        ):
-            return
-        self._hand_back(taken.queue.key, taken.job.id)
-
-    def _put_back_unread(
-        self,
-        queue_key: str,
-        job_id: str,
-        fields: dict[bytes, bytes],
-        pttl: int,
-        started: tuple[str, float] | None,
-    ) -> None:
-        if started is None:
-            self._hand_back(queue_key, job_id)
-            return
-        origin = as_text(fields.get(b"origin", b""))
-        self._unstart(queue_key, job_id, origin, started[0], int(pttl), _before(fields))
-
-    def _unstart(
-        self,
-        queue_key: str,
-        job_id: str,
-        origin: str,
-        execution_id: str,
-        pttl: int,
-        before: dict[bytes, bytes],
-    ) -> bool:
-        """UNSTART; whether the job was started by this worker (and is back on its queue)."""
-        args: list[Any] = [job_id, self.job_class.key_for(job_id), origin]
-        args += [execution_id, queue_key, self._worker_executions, pttl]
-        for field in STARTED_FIELDS:
-            value = before.get(field)
-            args += [field, "0", ""] if value is None else [field, "1", value]
-        done = True  # on an error, not handed back either: left started for the cleanup
-        try:
-            done = bool(self.connection.eval(UNSTART, 0, *args))
-            if done:
-                self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
-        except RedisError as exc:  # left started: the abandoned-job cleanup finds it
-            self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
-        self.executions.pop(execution_id, None)
-        self._state_written = None
-        return done
-
-    def _hand_back(self, queue_key: str, job_id: str, *, from_intermediate: bool = True) -> None:
-        intermediate = IntermediateQueue(queue_key, self.connection).key
-        try:
-            if from_intermediate:
-                back = self.connection.eval(HAND_BACK, 2, intermediate, queue_key, job_id)
-            else:  # RQ's BLPOP: the id is in no list
-                back = self.connection.lpush(queue_key, job_id)
-            if back:
-                self.log.info("Worker %s: put job %s back on %s", self.name, job_id, queue_key)
-        except RedisError as exc:  # left listed: the maintenance pass puts it back
-            self.log.warning("Worker %s: could not put job %s back: %s", self.name, job_id, exc)
 
     def _restore(self, answer: Any) -> tuple[Job, Queue]:
         """The (job, queue) of a taken job's (queue key, job id, hash)."""

@@ -19,7 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 from support import RQ, Processes, RoundTrips, wait_until
 
-from phase1 import lane
+from phase1 import held, lane
 from phase1.fastworker import FastWorker
 from phase1.intermediate import STUCK_AFTER, put_back_left_behind
 from phase1.settings import Settings
@@ -346,8 +346,8 @@ def test_a_held_job_the_maintenance_pass_put_back_is_not_started_too(
     put them back on their queue: the worker does not start them from its hands (nor hand
     them back, which could take them from another worker); each runs once."""
     monkeypatch.setattr(lane, "QUICK_S", 0.05)
-    monkeypatch.setattr(lane, "GIVE_BACK_AFTER", 0.2)
-    monkeypatch.setattr(lane, "LET_GO_AFTER", 0.4)
+    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(held, "LET_GO_AFTER", 0.4)
     queue = _queue(redis, queue_name)
     put_back: list[str] = []
 
@@ -369,7 +369,7 @@ def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
     """Jobs held behind a quick job that turns slow, past GIVE_BACK_AFTER: they go back to the
     front of their queue (for any worker) rather than start from this worker's hands."""
     monkeypatch.setattr(lane, "QUICK_S", 0.05)
-    monkeypatch.setattr(lane, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
     queue = _queue(redis, queue_name)
     handed_back: list[tuple[str, int]] = []  # job id, its runs then
     hand_back = FastWorker._hand_back
@@ -389,7 +389,7 @@ def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
 
 
 def test_held_jobs_go_back_well_before_the_maintenance_pass_would_put_them_back() -> None:
-    assert (lane.GIVE_BACK_AFTER, lane.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
+    assert (held.GIVE_BACK_AFTER, held.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
 
 
 def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
@@ -398,7 +398,7 @@ def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
     """The success of a job the lane does not finish (a success callback) takes the next job
     in the same transaction; if the worker's loop then spends GIVE_BACK_AFTER before starting
     it (a slow maintenance pass), it goes back to its queue first, unrun, and runs once."""
-    monkeypatch.setattr(lane, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
     queue = _queue(redis, queue_name)
     worker = FastWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
