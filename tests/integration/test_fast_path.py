@@ -157,12 +157,16 @@ def test_a_stopping_worker_puts_the_job_it_took_next_back(
 ) -> None:
     """The success transaction also takes the next job; a worker told to stop (or
     suspended) between two jobs puts that one back at the front of its queue."""
-    jobs = 10_000  # more than a worker does in the second it may take to see a suspension
     queue = ctx.queue()
-    with ctx.redis.pipeline() as pipe:
-        for _ in range(jobs):
-            queue.enqueue("bench.jobs.noop", result_ttl=600, pipeline=pipe)
-        pipe.execute()
+
+    def enqueue(count: int) -> None:
+        with ctx.redis.pipeline() as pipe:
+            for _ in range(count):
+                queue.enqueue("bench.jobs.noop", result_ttl=600, pipeline=pipe)
+            pipe.execute()
+
+    jobs = 10_000
+    enqueue(jobs)
     worker = processes.worker(ctx.settings)
     wait_until(lambda: _rq_state(ctx)[0] >= 200, timeout=30, what="200 jobs done")
     worker.send_signal(signal.SIGTERM)
@@ -171,9 +175,13 @@ def test_a_stopping_worker_puts_the_job_it_took_next_back(
     assert queued > 0, "the test must stop the worker mid-queue"
     assert (finished + queued, intermediate, started) == (jobs, 0, 0)
 
-    # Suspended mid-queue: the taken job goes back too, and nothing is left started.
+    # Suspended mid-queue: the taken job goes back too, and nothing is left started. More
+    # jobs first than a worker does in the second or so it may take to see a suspension
+    # (a worker on a quiet machine here drains about 8,000 a second).
     from rq.suspension import resume, suspend
 
+    enqueue(30_000)
+    jobs += 30_000
     worker = processes.worker(ctx.settings)
     wait_until(lambda: _rq_state(ctx)[0] >= finished + 200, timeout=30, what="more done")
     suspend(ctx.redis)
