@@ -21,9 +21,12 @@ waits for Redis only when Redis, not the worker, is the bottleneck. A STEP Redis
 (NOSCRIPT after its script cache was emptied, out of memory) is read with those sent after
 it and run again in order; one whose successor ran (another client loaded the script in
 between) runs without the start of the job its successor finished, and takes no more jobs.
-Answers lost with their connection leave what those STEPs did unknown: the jobs the worker
-holds go back to their queues (UNSTART, or from the intermediate list when their start was
-not written), and the job being finished takes its failure path, as before. Sending STEPs
+STEPs lost with their connection run again on another connection, each doing only what it
+had not done ('refinish', 'regiven': the answer may have been lost after Redis ran it), and
+taking no job (the ones the lost STEP took, if it ran, wait in their intermediate list for
+the maintenance pass). If Redis cannot be reached for that, what they did stays unknown: the
+jobs the worker holds go back to their queues (UNSTART, or from the intermediate list when
+their start was not written), and the job being finished takes its failure path. Sending STEPs
 and reading their answers lives in phase1.lanesteps; the held jobs, and putting them back, in
 phase1.held.
 

@@ -52,13 +52,16 @@ local function start(id, job, origin, ttl, intermediate, exec)
 end
 
 -- 1. 'finish': RQ's success bookkeeping (handle_job_success, Result, cleanup_execution).
+-- 'refinish' (a STEP run again after its answer was lost): only if it did not run, i.e.
+-- while the job's execution is still in the started registry.
 local dependents = -1
-if ARGV[i] == 'finish' then
+local again = ARGV[i] == 'refinish'
+if ARGV[i] == 'finish' or (again and redis.call('ZSCORE', WIP .. ARGV[i + 3],
+                                                 ARGV[i + 1] .. ':' .. ARGV[i + 4])) then
   local id, job, origin, exec = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ttl, ended, began_f, ended_f = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local value, working = ARGV[i + 9], ARGV[i + 10]
   local dependents_key, dependencies_key = ARGV[i + 11], ARGV[i + 12]
-  i = i + 12
   dependents = redis.call('SCARD', dependents_key)
   redis.call('HINCRBY', wkey, 'successful_job_count', 1)
   redis.call('HINCRBYFLOAT', wkey, 'total_working_time', working)
@@ -86,13 +89,19 @@ if ARGV[i] == 'finish' then
   redis.call('ZREM', EXECUTIONS .. id, exec)
   redis.call('SREM', wexec, id .. ':' .. exec)
 end
+if ARGV[i] == 'finish' or again then
+  i = i + 12
+end
 local finished = dependents >= 0
 i = i + 1
 
--- 2. 'given': start a job the worker holds.
+-- 2. 'given': start a job the worker holds. 'regiven' (run again): only if it is still in
+-- its intermediate list (else the lost STEP started it).
 local started = false
-if ARGV[i] == 'given' then
-  start(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
+if ARGV[i] == 'given' or ARGV[i] == 'regiven' then
+  if ARGV[i] == 'given' or redis.call('LPOS', ARGV[i + 5], ARGV[i + 1]) then
+    start(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
+  end
   started = true
   i = i + 6
 end
@@ -162,27 +171,42 @@ return {dependents, taken, peeked}
 )
 STEP_SHA = hashlib.sha1(STEP.encode()).hexdigest()
 
-# STEP's arguments, in parts: a header of 6; 'finish' and 12 more, or 'none'; 'given' and 6
-# more (id, key, origin, ttl, intermediate list, execution id), or 'none'; 'next' and its
-# fields (execution id, take, peeks, ...), or '-'.
+# STEP's arguments, in parts: a header of 6; 'finish' (or 'refinish') and 12 more, or 'none';
+# 'given' (or 'regiven') and 6 more (id, key, origin, ttl, intermediate list, execution id),
+# or 'none'; 'next' and its fields (execution id, take, peeks, ...), or '-'.
 _HEADER_ARGS, _FINISH_ARGS, GIVEN_ARGS = 6, 13, 7
 
 
 def given_at(args: list[Any]) -> int:
     """Where the 'given' part (or its 'none') starts in STEP's arguments."""
-    return _HEADER_ARGS + (_FINISH_ARGS if args[_HEADER_ARGS] == "finish" else 1)
+    finish = args[_HEADER_ARGS] in ("finish", "refinish")
+    return _HEADER_ARGS + (_FINISH_ARGS if finish else 1)
 
 
 def next_at(args: list[Any]) -> int:
     """Where the 'next' part (or its '-') starts in STEP's arguments."""
     at = given_at(args)
-    return at + (GIVEN_ARGS if args[at] == "given" else 1)
+    return at + (GIVEN_ARGS if args[at] in ("given", "regiven") else 1)
 
 
 def given_of(args: list[Any]) -> tuple[str, str] | None:
     """The job a STEP with these arguments starts, and its intermediate list; None if none."""
     at = given_at(args)  # 'given', id, key, origin, ttl, intermediate list, execution id
-    return (args[at + 1], args[at + 5]) if args[at] == "given" else None
+    return (args[at + 1], args[at + 5]) if args[at] in ("given", "regiven") else None
+
+
+def replayed(args: list[Any]) -> list[Any]:
+    """A STEP's arguments to run it again when its answer was lost with its connection: its
+    finish and its start each only where the lost one did not do them ('refinish',
+    'regiven'), and no jobs taken (which ones the lost one took is unknown: they stay in
+    their intermediate list, for the maintenance pass)."""
+    again = list(args)
+    if again[_HEADER_ARGS] == "finish":
+        again[_HEADER_ARGS] = "refinish"
+    at = given_at(again)
+    if again[at] == "given":
+        again[at] = "regiven"
+    return [*again[: next_at(again)], "-"]
 
 
 def peeks_of(args: list[Any]) -> int:

@@ -3,9 +3,10 @@ answered in the order they were sent (phase1.lane's LaneWorker runs on this).
 
 A STEP is sent on a connection of the lane's own and its answer read later (`_settle`), or
 sent and waited for (`_step`, with a job's staged writes in one MULTI). A STEP Redis refuses
-is read with the ones sent after it and run again in order (`_refused`, `_again`); answers
-lost with their connection leave what those STEPs did unknown, and the jobs the worker holds
-go back to their queues (`_lost`).
+is read with the ones sent after it and run again in order (`_refused`, `_again`). STEPs whose
+connection fails (reset, closed by the server) run again on another connection, in order,
+each doing only what it had not done (`_replay`); when Redis cannot be reached for that, what
+they did stays unknown, and the jobs the worker holds go back to their queues (`_lost`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from hiredis import pack_command
 from redis import Redis
 from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from rq.job import Job
 from rq.queue import Queue
@@ -32,6 +34,7 @@ from phase1.lanescripts import (
     given_of,
     next_at,
     peeks_of,
+    replayed,
 )
 
 
@@ -106,15 +109,21 @@ class StepsOnTheirWay:
         """Send STEP on the lane's own connection and go on; _settle reads the answer."""
         if self._sender is None:
             self._sender = self.connection.connection_pool.get_connection()
+        pending = Pending(self._sender, args, job, queue, time.monotonic())
         try:
             # hiredis packs STEP's str and int arguments directly (redis-py's send_command
             # would first look at each of its ~45 arguments for bytearrays and memoryviews).
             packed = pack_command(("EVALSHA", STEP_SHA, 0, *args))
             self._sender.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if not self._replay([*self._pending, pending], exc):
+                self._lost()
+                raise
+            return
         except BaseException:
             self._lost()
             raise
-        self._pending.append(Pending(self._sender, args, job, queue, time.monotonic()))
+        self._pending.append(pending)
 
     def _drop_sender(self) -> None:
         sender, self._sender = self._sender, None
@@ -135,6 +144,42 @@ class StepsOnTheirWay:
         self._pending.clear()
         self._drop_sender()
         self._return_held()
+
+    def _replay(self, lost: list[Pending], error: RedisConnectionError) -> bool:
+        """The STEPs whose connection failed (`lost`, in the order they were sent), run again
+        on another connection, in order, each doing only what it had not done (its answer may
+        have been lost after it ran: lanescripts.replayed), and their answers acted on;
+        whether that worked. A connection error means the server will not run them later:
+        its end of the connection is gone (a timeout would not say so, and is not replayed).
+        Not when Redis cannot be reached: then what they did stays unknown (`_lost`)."""
+        self._pending.clear()
+        self._drop_sender()
+        answers: list[Any] = []
+        failure: RedisError | None = None
+        try:
+            for pending in lost:
+                answers.append(self._evalsha(replayed(pending.args)))
+        except RedisError as exc:
+            failure = exc
+        for pending, answer in zip(lost, answers, strict=False):
+            self._after(answer, pending.job, pending.queue, None, pending.sent_at)
+        if failure is not None:  # the rest stay unknown, for `_lost`
+            self._pending.extend(lost[len(answers) :])
+            self.log.warning(
+                "Worker %s: bookkeeping steps lost with their connection (%s) could not all "
+                "run again: %s",
+                self.name,
+                error,
+                failure,
+            )
+            return False
+        self.log.warning(
+            "Worker %s: %d bookkeeping steps lost with their connection (%s) ran again",
+            self.name,
+            len(lost),
+            error,
+        )
+        return True
 
     def _unlist(self, job: Job) -> None:
         """Take a failing job off its intermediate list when the STEP that was to start it
@@ -161,6 +206,11 @@ class StepsOnTheirWay:
                 answer = pending.connection.read_response()
             except ResponseError as exc:  # refused: nothing it does was written
                 self._refused(pending, exc)
+                continue
+            except RedisConnectionError as exc:
+                if not self._replay([pending, *self._pending], exc):
+                    self._lost(pending)
+                    raise
                 continue
             except BaseException:
                 self._lost(pending)

@@ -1,8 +1,7 @@
 """The lane with two STEPs on their way (phase1.lane): Redis's script cache emptied under
 them, Redis out of memory for one of them, their connection cut. Every job still runs once
-and is recorded once, in RQ's own data model; nothing is left taken or half-written, and a
-job is left started only where its success was lost with the connection (for the orphan
-sweep)."""
+and is recorded once, in RQ's own data model; nothing is left taken or half-written. STEPs
+lost with their connection run again, each doing only what it had not done."""
 
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ from rq.serializers import JSONSerializer
 from faults.faultkit import OwnRedis
 from phase1 import lane
 from phase1.fastworker import FastWorker
+from phase1.lanescripts import STEP_SHA, given_at, replayed
 
 OwnRedisFactory = Callable[..., OwnRedis]
 
@@ -114,24 +114,53 @@ def test_a_step_refused_out_of_memory_runs_again_after_its_successor(redis: Redi
         assert fetched.get_status() == JobStatus.FINISHED and fetched.ended_at is not None
 
 
-def test_a_cut_connection_leaves_each_job_recorded_or_recoverable_once(redis: Redis) -> None:
+def test_steps_lost_with_their_connection_run_again_and_each_job_is_recorded_once(
+    redis: Redis,
+) -> None:
     """A job cuts the worker's STEP connection while it runs: the STEP sent at its end (its
-    success, and the next job's start) and the one after it are lost. The job's success
-    stays unrecorded: it is left started, for the orphan sweep. The next job, which ran with
-    its start unwritten, fails with the connection's error, once: not left in the
-    intermediate list for RQ's cleanup to fail a second time. The rest run as usual."""
+    success, and the next job's start) and the one after it are lost. The worker runs them
+    again on another connection, in order: every job is recorded finished once, and none is
+    left started (for the orphan sweep to run again) or failed with the connection's error."""
     actions = [""] * 6 + ["cut"] + [""] * 6
     queue, jobs, seen = _drain(redis, actions)
     assert not seen["behind"]  # lost, not refused
-    cut, after = jobs[6], jobs[7]
-    assert cut.get_status() == JobStatus.STARTED
-    assert cut.id in StartedJobRegistry(queue=queue).get_job_ids()  # what the sweep reads
-    assert redis.xlen(f"rq:results:{cut.id}") == 0
-    assert after.get_status() == JobStatus.FAILED
-    assert redis.xlen(f"rq:results:{after.id}") == 1  # its failure, recorded once
-    failure = Job.fetch(after.id, connection=redis, serializer=JSONSerializer).latest_result()
-    assert failure is not None and "Connection" in (failure.exc_string or ""), failure
-    assert redis.llen(f"{queue.key}:intermediate") == 0 and queue.count == 0
-    for job in jobs[:6] + jobs[8:]:
-        assert job.get_status() == JobStatus.FINISHED, job.id
-        assert redis.xlen(f"rq:results:{job.id}") == 1, job.id
+    _each_recorded_once(redis, queue, jobs, seen["worker"])
+
+
+def test_a_step_run_again_after_it_ran_changes_nothing(redis: Redis) -> None:
+    """A STEP whose answer is lost after Redis ran it is run again as well: its finish and its
+    start each happen only where the first run did not do them, so running again every STEP
+    of a drain (each after it ran) changes nothing in Redis."""
+    queue = Queue("lane-replays", connection=redis, serializer=JSONSerializer)
+    worker = FastWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
+    )
+    jobs = [queue.enqueue("lane_jobs.script_fault", "", result_ttl=600) for _ in range(12)]
+    sent: list[list[Any]] = []
+    send = worker._send
+
+    def spy(args: list[Any], job: Any, queue: Any) -> None:
+        sent.append(list(args))
+        send(args, job, queue)
+
+    worker._send = spy  # type: ignore[method-assign]
+    worker.work(burst=True, logging_level="WARNING")
+    _each_recorded_once(redis, queue, jobs, worker)
+    finishing = [args for args in sent if args[6] == "finish" and args[given_at(args)] == "given"]
+    assert len(finishing) >= 3, "the drain must send STEPs that finish one job and start another"
+
+    def state() -> Any:
+        return (
+            [redis.hgetall(job.key) for job in jobs],
+            [redis.xlen(f"rq:results:{job.id}") for job in jobs],
+            redis.zrange(f"rq:wip:{queue.name}", 0, -1),
+            redis.zrange(f"rq:finished:{queue.name}", 0, -1, withscores=True),
+            redis.hgetall(worker.key),
+            redis.smembers(f"rq:worker:{worker.name}:executions"),
+            redis.llen(f"{queue.key}:intermediate"),
+        )
+
+    before = state()
+    for args in sent:
+        redis.evalsha(STEP_SHA, 0, *replayed(args))
+    assert state() == before
