@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from phase1 import events, executions, plans
 from phase1 import queue as jobs
-from phase1.context import Phase1
+from phase1.context import Phase1, redis_unavailable
 from phase1.db import Row
 from phase1.errors import (
     ConflictError,
@@ -25,7 +25,6 @@ from phase1.errors import (
     UnavailableError,
 )
 from phase1.schemas import Plan, Task
-from phase1.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,7 @@ def _check_redis(ctx: Phase1) -> None:
 
 
 def _redis_unavailable(ctx: Phase1, exc: BaseException) -> UnavailableError:
-    return UnavailableError(
-        f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL); "
-        "nothing was written"
-    )
+    return UnavailableError(f"{redis_unavailable(ctx.redis_url, exc)}; nothing was written")
 
 
 @contextlib.contextmanager
