@@ -40,7 +40,7 @@ from typing import Any
 from redis import Redis
 
 from bench.env import free_port, own_database, private_redis
-from phase1 import plans
+from phase1 import keys, plans
 from phase1.context import build
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
@@ -169,7 +169,7 @@ def _share_within(metrics: str, name: str, method: str, route: str, status: str)
 
 
 def _ended(redis: Redis, job_id: str) -> bool:
-    return redis.hget(f"rq:job:{job_id}", "status") in ENDED
+    return redis.hget(keys.rq_job(job_id), "status") in ENDED
 
 
 def _wait_ended(redis: Redis, job_ids: list[str], timeout: float = 60.0) -> None:
