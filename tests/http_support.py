@@ -163,16 +163,40 @@ def task_count(database_url: str, plan_id: object) -> int:
     return int(scalar(database_url, query, plan_id))
 
 
-class HungServer:
-    """A TCP listener that accepts connections and never answers: a hanging server."""
+class _Listener:
+    """A TCP listener on a free local port whose `_accept` runs in a thread of its own."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
-        self.accepted: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        raise NotImplementedError
+
+    def _stop_listening(self) -> None:
+        """Mark it closed, wake the accept() thread and wait for it. The listener is shut down
+        first: on Linux, closing it alone does not wake a thread blocked in accept(), which
+        would then take some later test's connection to a reused port and leave it unclosed
+        (its ResourceWarning landing in whatever test runs then)."""
+        with self._lock:
+            self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(timeout=5)
+
+
+class HungServer(_Listener):
+    """A TCP listener that accepts connections and never answers: a hanging server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted: list[socket.socket] = []
         self._thread.start()
 
     def _accept(self) -> None:
@@ -181,10 +205,15 @@ class HungServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.accepted.append(conn)
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self.accepted.append(conn)
 
     def close(self) -> None:
-        self.sock.close()
+        """Stop listening and close what was accepted."""
+        self._stop_listening()
         for conn in self.accepted:
             conn.close()
 
@@ -230,25 +259,26 @@ class OwnRedis:
                 self.proc.wait(timeout=5)
 
 
-class FreezableProxy:
+class FreezableProxy(_Listener):
     """A TCP proxy of the test's own in front of PostgreSQL; `freeze()` makes it stop
     forwarding, so the server looks hung mid-connection (its kernel would still ACK), without
     touching the shared server."""
 
     def __init__(self, upstream: tuple[str, int] | str) -> None:
+        super().__init__()
         self.upstream = upstream
         self.frozen = threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = int(self.sock.getsockname()[1])
         self.open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread.start()
 
     def _connect_upstream(self) -> socket.socket:
         if isinstance(self.upstream, str):  # a unix socket path
             sock = socket.socket(socket.AF_UNIX)
-            sock.connect(self.upstream)
+            try:
+                sock.connect(self.upstream)
+            except OSError:
+                sock.close()
+                raise
             return sock
         return socket.create_connection(self.upstream)
 
@@ -256,10 +286,19 @@ class FreezableProxy:
         while True:
             try:
                 client, _ = self.sock.accept()
-                server = self._connect_upstream()
             except OSError:
                 return
-            self.open += [client, server]
+            try:
+                server = self._connect_upstream()
+            except OSError:
+                client.close()
+                return
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    server.close()
+                    return
+                self.open += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -290,7 +329,7 @@ class FreezableProxy:
         the proxy would otherwise drop the last reference to an open socket when it ends,
         and its ResourceWarning lands in whatever test runs then."""
         self.frozen.clear()
-        self.sock.close()
+        self._stop_listening()
         for sock in self.open:
             with contextlib.suppress(OSError):
                 sock.close()
