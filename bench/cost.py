@@ -28,7 +28,7 @@ from bench.env import (
 )
 from bench.overhead import NOOP, enqueue_noops
 from bench.report import Row, goal
-from phase1 import approval
+from phase1.jobs import approval
 
 # RSS growth is counted from a sample this many seconds (and 1,000 jobs) into the run, past
 # the first runs of the worker's maintenance tasks (rss_run).

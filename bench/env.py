@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,103 +18,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from redis import Redis
 from redis.exceptions import RedisError
 
-from phase1 import db, plans
 from phase1.context import Phase1, build
+from phase1.domain import plans
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
+from tests.servers import claimed_redis, free_port, own_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PHASE1 = str(BIN / "phase1")
 RQ = str(BIN / "rq")
 JSON = "rq.serializers.JSONSerializer"
-CLAIM_KEY = "phase1:test-db-claim:{}"  # the same claims tests/conftest.py makes
 
 
 class BenchError(RuntimeError):
     """Raised when a benchmark cannot run (a server missing, a worker that never finished)."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class NoFreeDatabase(BenchError):
-    """Raised when every Redis database number 1-15 is claimed by another run."""
-
-
-@contextlib.contextmanager
-def claimed_redis(server_url: str, holder: str = "bench") -> Iterator[str]:
-    """A Redis database number (15..1) claimed for this run, emptied before and after; never
-    database 0, never FLUSHALL. Test runs (tests/conftest.py) claim theirs the same way."""
-    base = server_url.rstrip("/")
-    if base.count("/") > 2:
-        base = base.rsplit("/", 1)[0]
-    admin = Redis.from_url(base + "/0")
-    token = f"{holder}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    claimed = next(
-        (n for n in range(15, 0, -1) if admin.set(CLAIM_KEY.format(n), token, nx=True, ex=3600)),
-        None,
-    )
-    if claimed is None:
-        raise NoFreeDatabase(f"no free Redis database number (1-15) for this {holder} run")
-    url = f"{base}/{claimed}"
-    own = Redis.from_url(url)
-    own.flushdb()  # the number claimed above: nobody else's data
-    try:
-        yield url
-    finally:
-        own.flushdb()
-        own.close()
-        if admin.get(CLAIM_KEY.format(claimed)) == token.encode():
-            admin.delete(CLAIM_KEY.format(claimed))
-        admin.close()
-
-
-def with_db(url: str, name: str) -> str:
-    """`url` naming database `name` instead (URLs keep their form, e.g. ?host=/socket/dir)."""
-    if "://" in url:
-        return urlunsplit(urlsplit(url)._replace(path="/" + name))
-    return make_conninfo(url, dbname=name)
-
-
-@contextlib.contextmanager
-def own_database(
-    server_url: str, prefix: str = "phase1_bench", *, async_commit: bool = False
-) -> Iterator[str]:
-    """A migrated PostgreSQL database created for this run and dropped after it; with
-    `async_commit` its commits do not wait for the WAL flush (that database's own setting)."""
-    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin_url = with_db(server_url, "postgres")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        if async_commit:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
-                    sql.Identifier(name)
-                )
-            )
-    url = with_db(server_url, name)
-    try:
-        db.migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @contextlib.contextmanager
@@ -303,12 +224,14 @@ class Workers:
 
     def __init__(self, commands: list[list[str]], env: dict[str, str], logdir: Path) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.log_paths: list[Path] = []
         self.max_rss: float = 0.0
         self._stop = threading.Event()
         logdir.mkdir(parents=True, exist_ok=True)
         self.started_at = time.time()
         for command in commands:
-            with (logdir / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb") as log:
+            self.log_paths.append(logdir / f"worker-{uuid.uuid4().hex[:6]}.log")
+            with self.log_paths[-1].open("wb") as log:
                 self.procs.append(
                     subprocess.Popen(
                         command,
@@ -340,9 +263,20 @@ class Workers:
                 if code != 0:
                     raise BenchError(f"worker {proc.args!r} exited with {code}; see {self.logs}")
         except subprocess.TimeoutExpired:
-            raise BenchError(f"workers did not finish in {timeout:g} s; see {self.logs}") from None
+            raise BenchError(
+                f"workers did not finish in {timeout:g} s:\n{self._still_running()}"
+            ) from None
         finally:
             self.stop()
+
+    def _still_running(self) -> str:
+        """Each worker still running, with the end of its log (the run's folder goes)."""
+        lines = []
+        for proc, log in zip(self.procs, self.log_paths, strict=True):
+            if proc.poll() is None:
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                lines.append(f"{' '.join(map(str, proc.args))}:\n  " + "\n  ".join(tail))
+        return "\n".join(lines)
 
     def run_for(self, seconds: float, done: Callable[[], int]) -> None:
         """Let burst workers run until they exit, or for `seconds` from the first job `done()`

@@ -29,10 +29,12 @@ import psycopg
 from psycopg import sql
 from redis import Redis
 
-from phase1 import approval, context, db, events, keys, plans
+from phase1 import context, db, keys
+from phase1.domain import plans
+from phase1.jobs import approval, events
+from phase1.runtime.worker import Phase1Worker
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
-from phase1.worker import Phase1Worker
 
 
 def free_port() -> int:

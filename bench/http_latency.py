@@ -40,8 +40,9 @@ from typing import Any
 from redis import Redis
 
 from bench.env import free_port, own_database, private_redis
-from phase1 import keys, plans
+from phase1 import keys
 from phase1.context import build
+from phase1.domain import plans
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

@@ -10,8 +10,9 @@ from typing import Any
 from bench.env import BenchEnv, BenchError, Workers, make_plans, worker_commands
 from bench.report import Row, goal
 from bench.stats import alternate, median, percentile
-from phase1 import approval, events, keys
+from phase1 import keys
 from phase1.context import Phase1
+from phase1.jobs import approval, events
 from phase1.schemas import Event
 
 IDLE_KINDS = ("phase1", "rq_worker", "rq_simple")

@@ -41,7 +41,7 @@ PHASES = (
     ("dequeue (BLMOVE, fetch job hash, heartbeat)", "dequeue_job_and_maintain_ttl"),
     ("prepare execution (pipeline: started registry, job hash)", "prepare_job_execution"),
     ("prepare execution (pipeline: started registry, job hash)", "prepare_execution"),
-    ("job function (phase1.job.run_phase1_job / no-op)", "Job.perform"),
+    ("job function (phase1.jobs.phase1_job.run_phase1_job / no-op)", "Job.perform"),
     ("success bookkeeping (finished registry, result, job hash)", "handle_job_success"),
     ("success bookkeeping (finished registry, result, job hash)", "_finalize_success"),
     ("failure bookkeeping", "handle_job_failure"),

@@ -26,8 +26,9 @@ from bench.env import (
 )
 from bench.report import Row
 from bench.stats import Sizer, alternate, median
-from phase1 import approval, executions, plans
 from phase1.context import Phase1
+from phase1.domain import audit, plans
+from phase1.jobs import approval
 
 KINDS = ("phase1", "rq_worker", "pg_limit")
 PROCESSES = 2
@@ -52,14 +53,14 @@ def pending_executions(ctx: Phase1, count: int) -> list[tuple[str, str]]:
         for plan_id in plan_ids:
             plans.set_plan_status(conn, plan_id, "approved")
             job_id = str(uuid.uuid4())
-            executions.insert(
+            audit.insert(
                 conn, plan_id=plan_id, job_id=job_id, queue=ctx.settings.queue, max_attempts=4
             )
             jobs.append((job_id, str(plan_id)))
     return jobs
 
 
-def pg_limit(env: BenchEnv, count: int, variant: str = "job", processes: int = PROCESSES) -> float:
+def pg_limit(env: BenchEnv, count: int, processes: int = PROCESSES) -> float:
     """Jobs/s when `processes` processes run the job's SQL back to back (bench/pgloop.py)."""
     ctx = env.context(env.queue_name("pgloop"), pool_size=1)
     try:
@@ -74,7 +75,7 @@ def pg_limit(env: BenchEnv, count: int, variant: str = "job", processes: int = P
         out = share.with_suffix(".out")
         outs.append(out)
         argv = [sys.executable, "-m", "bench.pgloop", "--database-url", env.database_url]
-        argv += ["--jobs", str(share), "--start-at", str(start_at), "--variant", variant]
+        argv += ["--jobs", str(share), "--start-at", str(start_at)]
         procs.append(subprocess.Popen([*argv, "--out", str(out)], cwd=ROOT))
     for proc in procs:
         if proc.wait(timeout=120 + count) != 0:

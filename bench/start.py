@@ -39,7 +39,7 @@ from bench.overhead import enqueue_noops
 from bench.realjobs import approve_plans
 from bench.report import Row, goal
 from bench.stats import alternate, median
-from phase1 import approval
+from phase1.jobs import approval
 
 KINDS = ("phase1", "rq_worker", "rq_simple")
 CHILDREN = 2  # `phase1 worker --processes 1` runs its one worker without a supervisor

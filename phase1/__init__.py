@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from phase1.approval import Approval, approve, approve_sync, reject
     from phase1.context import Phase1, build
+    from phase1.domain.phase1_tasks import create_phase1_tasks
     from phase1.errors import (
         ConflictError,
         InvalidInputError,
@@ -21,18 +21,18 @@ if TYPE_CHECKING:
         Phase1Error,
         UnavailableError,
     )
-    from phase1.plans import create_phase1_tasks
+    from phase1.jobs.approval import Approval, approve, approve_sync, reject
+    from phase1.jobs.webhooks import verify_signature
     from phase1.settings import Settings, load_settings
-    from phase1.webhooks import verify_signature
 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _LAZY = {
-    "Approval": "phase1.approval",
-    "approve": "phase1.approval",
-    "approve_sync": "phase1.approval",
-    "reject": "phase1.approval",
+    "Approval": "phase1.jobs.approval",
+    "approve": "phase1.jobs.approval",
+    "approve_sync": "phase1.jobs.approval",
+    "reject": "phase1.jobs.approval",
     "Phase1": "phase1.context",
     "build": "phase1.context",
     "ConflictError": "phase1.errors",
@@ -41,10 +41,10 @@ _LAZY = {
     "PermanentJobError": "phase1.errors",
     "Phase1Error": "phase1.errors",
     "UnavailableError": "phase1.errors",
-    "create_phase1_tasks": "phase1.plans",
+    "create_phase1_tasks": "phase1.domain.phase1_tasks",
     "Settings": "phase1.settings",
     "load_settings": "phase1.settings",
-    "verify_signature": "phase1.webhooks",
+    "verify_signature": "phase1.jobs.webhooks",
 }
 
 __all__ = [

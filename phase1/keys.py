@@ -1,9 +1,19 @@
-"""Queue names and Redis keys: every name phase1 writes to Redis is built here."""
+"""Every name phase1 writes to Redis: the job functions RQ stores, queue names, keys, and the
+event types of the stream (settings checks PHASE1_WEBHOOK_EVENTS against them)."""
 
 from __future__ import annotations
 
 JOB_FUNC = "phase1.job.run_phase1_job"
 WEBHOOK_FUNC = "phase1.webhooks.deliver"
+
+# Lifecycle event types (DESIGN §3), in the stream and in webhook headers.
+ENQUEUED = "job:enqueued"
+ACTIVE = "job:active"
+PROGRESS = "job:progress"
+COMPLETED = "job:completed"
+FAILED = "job:failed"
+REQUEUED = "job:requeued"
+EVENT_TYPES = (ENQUEUED, ACTIVE, PROGRESS, COMPLETED, FAILED, REQUEUED)
 
 
 def webhook_queue(queue: str) -> str:
@@ -44,9 +54,3 @@ def rq_job(job_id: str) -> str:
 def webhook_failures(queue: str) -> str:
     """Capped list of webhook deliveries given up after their last try, newest first."""
     return f"phase1:{queue}:webhook-failures"
-
-
-def intermediate_sightings(queue: str) -> str:
-    """Hash of the jobs in an RQ queue's intermediate list, each with the time it was first
-    seen there (phase1.intermediate)."""
-    return f"phase1:{queue}:intermediate-seen"

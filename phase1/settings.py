@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from phase1.errors import ConfigError
-from phase1.eventtypes import TYPES
+from phase1.keys import EVENT_TYPES as TYPES
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/phase1"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a virtualenv, installs phase1 with its test tools, then lints, type-checks and runs
-# the tests. Works on a machine with no Redis or PostgreSQL: the tests then start embedded ones.
+# Sets up a virtualenv, installs phase1 with its test tools, then lints, type-checks, checks the
+# layers' import contracts (import-linter) and runs the tests.
+# Works on a machine with no Redis or PostgreSQL: the tests then start embedded ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -9,4 +10,5 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 .venv/bin/pytest "$@"

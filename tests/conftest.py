@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from redis.connection import AbstractConnection
+from servers import NoFreeDatabase, claimed_redis, own_database
 from support import Processes, RoundTrips
 
-from bench.env import NoFreeDatabase, claimed_redis, own_database
 from phase1.context import Phase1, build
 from phase1.settings import Settings
 

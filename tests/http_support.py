@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from support import JOB_VIEW_KEYS, PHASE1, Processes
 
-from phase1 import plans
 from phase1.context import Phase1
+from phase1.domain import plans
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

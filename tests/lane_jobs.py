@@ -8,7 +8,7 @@ from typing import Any
 from redis import Redis
 from rq.job import Job, get_current_job
 
-from phase1.lanescripts import STEP
+from phase1.engine.scripts import STEP
 
 
 def answer(value: int) -> dict[str, int]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import with_db
 
-from bench.env import with_db
 from phase1.settings import Settings
 
 __all__ = ["with_db"]  # re-exported: tests build database URLs with it

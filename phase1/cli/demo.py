@@ -9,9 +9,11 @@ import time
 
 import typer
 
-from phase1 import approval, db, plans
-from phase1 import queue as jobs
+from phase1 import db
 from phase1.cli.common import EXIT_FAILURE, note, print_table, state, stdout
+from phase1.domain import plans
+from phase1.jobs import approval
+from phase1.jobs import queue as jobs
 from phase1.schemas import FINAL_STATUSES, SAMPLE_ANALYSIS
 from phase1.settings import redact_url
 

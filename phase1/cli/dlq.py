@@ -8,7 +8,6 @@ from typing import Any
 
 import typer
 
-from phase1 import deadletter
 from phase1.cli.common import (
     EXIT_FAILURE,
     Phase1Group,
@@ -24,6 +23,7 @@ from phase1.cli.common import (
     stdout,
 )
 from phase1.errors import InvalidInputError, NotFoundError
+from phase1.jobs import deadletter
 
 app = typer.Typer(
     cls=Phase1Group,

@@ -16,10 +16,10 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from rich.text import Text
 
-from phase1 import events, webhooks
 from phase1.cli.common import state, stderr, stdout
 from phase1.context import redis_client
 from phase1.errors import InvalidInputError, UnavailableError
+from phase1.jobs import events, webhooks
 from phase1.schemas import Event
 from phase1.settings import redact_url
 

@@ -11,7 +11,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from phase1 import monitor
 from phase1.cli.common import (
     EXIT_FAILURE,
     duration,
@@ -28,7 +27,8 @@ from phase1.cli.common import (
     table,
 )
 from phase1.errors import UnavailableError
-from phase1.monitor import Snapshot
+from phase1.runtime import monitor
+from phase1.runtime.monitor import Snapshot
 
 INFO_SHAPE = (
     '{"queue", "redis", "at", "queued", "scheduled": {"count", "nextAt"}, '

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from phase1 import approval, db, plans
-from phase1 import queue as jobs
+from phase1 import db
 from phase1.cli.common import (
     EXIT_FAILURE,
     Cell,
@@ -19,6 +18,9 @@ from phase1.cli.common import (
     state,
 )
 from phase1.cli.workerstart import WorkerArgs, start_worker
+from phase1.domain import plans
+from phase1.jobs import approval
+from phase1.jobs import queue as jobs
 from phase1.schemas import JobView
 
 JOB_SHAPE = (

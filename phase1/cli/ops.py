@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from phase1.cli.common import fail, print_json, state, stderr, stdout
-from phase1.reconcile import Reconciliation
-from phase1.reconcile import reconcile as reconcile_once
+from phase1.runtime.reconcile import Reconciliation
+from phase1.runtime.reconcile import reconcile as reconcile_once
 
 
 def reconcile(

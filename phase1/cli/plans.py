@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from phase1 import executions, plans
 from phase1.cli.common import (
     Phase1Group,
     json_option,
@@ -16,6 +15,7 @@ from phase1.cli.common import (
     print_table,
     state,
 )
+from phase1.domain import audit, plans
 from phase1.errors import InvalidInputError
 from phase1.schemas import SAMPLE_ANALYSIS
 
@@ -77,7 +77,7 @@ def show(
     with state(ctx).connect().transaction() as conn:
         plan = plans.get_plan(conn, pid)
         tasks = plans.list_tasks(conn, pid)
-        execution = executions.for_plan(conn, pid)
+        execution = audit.for_plan(conn, pid)
     job = None
     if execution is not None:
         job = {"jobId": execution["job_id"], "status": execution["status"]}

@@ -9,7 +9,7 @@ from phase1.cli import demo, dlq, embedded, info, jobs, ops, plans
 from phase1.cli import serve as serving
 from phase1.cli.common import Phase1Group
 from phase1.cli.events import events_command
-from phase1.cli.state import State, setup_logging
+from phase1.cli.state import TRACEBACKS, State, setup_logging
 
 app = typer.Typer(
     cls=Phase1Group,
@@ -19,8 +19,8 @@ app = typer.Typer(
     "URL set and nothing on the default addresses, runs embedded Redis and PostgreSQL "
     "(data in PHASE1_HOME, default ./.phase1).",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
     add_completion=True,
+    **TRACEBACKS,
 )
 
 

@@ -7,10 +7,25 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from phase1.context import Phase1, build
 from phase1.settings import Settings, load_settings
+
+
+# How tracebacks show (with --debug, or an unexpected error): the Typer app's settings, read
+# also by a supervised worker that runs without the app (phase1.cli.workerstart).
+class Tracebacks(TypedDict):
+    pretty_exceptions_enable: bool
+    pretty_exceptions_show_locals: bool
+    pretty_exceptions_short: bool
+
+
+TRACEBACKS: Tracebacks = {
+    "pretty_exceptions_enable": True,
+    "pretty_exceptions_show_locals": False,
+    "pretty_exceptions_short": True,
+}
 
 
 @dataclass

@@ -13,10 +13,10 @@ from datetime import datetime
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from phase1 import queue as jobs
 from phase1.cli.common import duration, fancy, now, one_line, stderr
 from phase1.context import Phase1
 from phase1.errors import Phase1Error
+from phase1.jobs import queue as jobs
 from phase1.schemas import FINAL_STATUSES, JobView
 
 STYLES = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from phase1.cli.state import State, setup_logging
+from phase1.cli.state import TRACEBACKS, State, setup_logging
 from phase1.errors import Phase1Error
 
 MAX_PROCESSES = 64
@@ -73,8 +73,8 @@ def start_worker(st: State, args: WorkerArgs, *, supervised: bool = False) -> in
     supervisor imports it before it forks its workers, which open their pools at once."""
     if args.processes > 1:
         import phase1.db  # noqa: F401 -- every worker forked from here has psycopg loaded
-        from phase1.checks import run_startup_checks
-        from phase1.worker import supervise
+        from phase1.runtime.startup_checks import run_startup_checks
+        from phase1.runtime.worker import supervise
 
         # Resolves the embedded default once, before the children start; checks run once.
         run_startup_checks(st.connect(), expect_scheduler=False)
@@ -88,7 +88,7 @@ def start_worker(st: State, args: WorkerArgs, *, supervised: bool = False) -> in
             shutdown_timeout=st.settings.shutdown_timeout,
             run_child=run_supervised,
         )
-    from phase1.worker import run
+    from phase1.runtime.worker import run
 
     ctx = st.connect(pool_size=4)
     if supervised:
@@ -141,13 +141,7 @@ def _as_typer_would_show(exc: Exception) -> None:
         from typer import main as typer_main
         from typer.models import DeveloperExceptionConfig
 
-        from phase1.cli.root import app
-
-        config = DeveloperExceptionConfig(
-            pretty_exceptions_enable=app.pretty_exceptions_enable,
-            pretty_exceptions_show_locals=app.pretty_exceptions_show_locals,
-            pretty_exceptions_short=app.pretty_exceptions_short,
-        )
+        config = DeveloperExceptionConfig(**TRACEBACKS)
         setattr(exc, typer_main._typer_developer_exception_attr_name, config)
         sys.excepthook = typer_main.except_hook
     except (ImportError, AttributeError):  # pragma: no cover - another Typer

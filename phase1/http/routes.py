@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, cast
 import bottle
 from redis.exceptions import RedisError
 
-from phase1 import approval, plans
-from phase1 import queue as jobs
 from phase1.context import Phase1
+from phase1.domain import plans
 from phase1.errors import NotFoundError, Phase1Error
 from phase1.http.body import read_action
 from phase1.http.errors import error_body, json_response
 from phase1.http.models import Ready, RejectResult, SyncApprovalResult
+from phase1.jobs import approval
+from phase1.jobs import queue as jobs
 from phase1.schemas import ApprovalAccepted, JobStatus
 
 if TYPE_CHECKING:

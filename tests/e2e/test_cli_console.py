@@ -7,8 +7,9 @@ import subprocess
 
 from support import PHASE1, Processes, inject_fault, run_in_terminal, settings_env
 
-from phase1 import approval, plans
 from phase1.context import Phase1
+from phase1.domain import plans
+from phase1.jobs import approval
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

@@ -9,9 +9,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 from support import PHASE1, settings_env
 
-from phase1 import approval, deadletter, plans
-from phase1 import queue as jobs
 from phase1.context import Phase1
+from phase1.domain import plans
+from phase1.jobs import approval, deadletter
+from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

@@ -18,8 +18,9 @@ import psycopg
 from redis import Redis
 from support import PHASE1, Processes, inject_fault, wait_until
 
-from phase1 import approval, deadletter, events, plans
 from phase1.context import Phase1
+from phase1.domain import plans
+from phase1.jobs import approval, deadletter, events
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from phase1.shutdown import INTERRUPT_SIGNAL
+from phase1.runtime.shutdown import INTERRUPT_SIGNAL
 
 
 def stubborn_job(seconds: float) -> str:

@@ -10,8 +10,8 @@ from rq import Queue
 from support import RQ, Processes, wait_until
 
 from faults.faultkit import OwnRedis, start_worker
-from phase1 import checks
 from phase1.context import build
+from phase1.runtime import startup_checks
 from phase1.settings import Settings
 
 OwnRedisFactory = Callable[..., OwnRedis]
@@ -33,7 +33,7 @@ def test_eviction_policy(
 ) -> None:
     server = own_redis(extra=("--maxmemory", "64mb", "--maxmemory-policy", policy))
     ctx = build(make_settings(redis_url=server.url))
-    problem = checks.eviction_policy(ctx)
+    problem = startup_checks.eviction_policy(ctx)
     if expected is None:
         assert problem is None
     else:
@@ -46,7 +46,7 @@ def test_no_limit_means_no_eviction(
 ) -> None:
     server = own_redis(extra=("--maxmemory-policy", "allkeys-lru"))  # maxmemory 0: never full
     ctx = build(make_settings(redis_url=server.url))
-    assert checks.eviction_policy(ctx) is None
+    assert startup_checks.eviction_policy(ctx) is None
     ctx.close()
 
 
@@ -65,13 +65,13 @@ def test_scheduler_missing_until_a_worker_runs(
     make_settings: Callable[..., Settings], processes: Processes, caplog: pytest.LogCaptureFixture
 ) -> None:
     ctx = build(make_settings())
-    with caplog.at_level(logging.WARNING, logger="phase1.checks"):
-        problems = checks.run_startup_checks(ctx)
+    with caplog.at_level(logging.WARNING, logger="phase1.runtime.startup_checks"):
+        problems = startup_checks.run_startup_checks(ctx)
     assert len(problems) == 1 and "no RQ scheduler is running" in problems[0]
     assert [r.getMessage() for r in caplog.records] == problems
-    assert checks.run_startup_checks(ctx, expect_scheduler=False) == []
+    assert startup_checks.run_startup_checks(ctx, expect_scheduler=False) == []
     start_worker(processes, ctx.settings)
-    wait_until(lambda: checks.scheduler_missing(ctx) is None, timeout=30, what="scheduler")
+    wait_until(lambda: startup_checks.scheduler_missing(ctx) is None, timeout=30, what="scheduler")
     ctx.close()
 
 
@@ -79,16 +79,16 @@ def test_pickle_on_the_queue_is_noticed(
     make_settings: Callable[..., Settings], processes: Processes
 ) -> None:
     ctx = build(make_settings())
-    assert checks.serializer_mismatch(ctx) is None
+    assert startup_checks.serializer_mismatch(ctx) is None
     # A producer with RQ's default (pickle) serializer, then a plain worker without --serializer.
     pickled = Queue(ctx.settings.queue, connection=ctx.redis)
     pickled.enqueue("os.getpid")
-    problem = checks.serializer_mismatch(ctx)
+    problem = startup_checks.serializer_mismatch(ctx)
     assert problem is not None and "enqueued with the pickle serializer" in problem
     burst = processes.start(
         [RQ, "worker", ctx.settings.queue, "--burst", "--url", ctx.redis_url], ctx.settings
     )
     assert burst.wait(60) == 0
-    problem = checks.serializer_mismatch(ctx)
+    problem = startup_checks.serializer_mismatch(ctx)
     assert problem is not None and "stores results with the pickle serializer" in problem
     ctx.close()

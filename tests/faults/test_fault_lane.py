@@ -1,4 +1,4 @@
-"""The lane with two STEPs on their way (phase1.lane): Redis's script cache emptied under
+"""The lane with two STEPs on their way (engine.bookkeeping): Redis's script cache emptied under
 them, Redis out of memory for one of them, their connection cut. Every job still runs once
 and is recorded once, in RQ's own data model; nothing is left taken or half-written. STEPs
 lost with their connection run again, each doing only what it had not done."""
@@ -17,9 +17,9 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from faults.faultkit import OwnRedis
-from phase1 import lane
-from phase1.fastworker import FastWorker
-from phase1.lanescripts import STEP_SHA, given_at, replayed
+from phase1.engine import bookkeeping
+from phase1.engine.scripts import STEP_SHA, given_at, replayed
+from phase1.engine.worker import FastWorker
 
 OwnRedisFactory = Callable[..., OwnRedis]
 
@@ -36,11 +36,11 @@ def _drain(redis: Redis, actions: list[str]) -> tuple[Redis, Queue, list[Job], d
     seen: dict[str, Any] = {"behind": [], "ran after": [], "worker": worker}
     refused, again = worker._refused, worker._again
 
-    def spy_refused(pending: lane.Pending, error: Exception) -> None:
+    def spy_refused(pending: bookkeeping.Pending, error: Exception) -> None:
         seen["behind"].append(len(worker._pending))
         refused(pending, error)  # type: ignore[arg-type]
 
-    def spy_again(pending: lane.Pending, ran_after: lane.Pending | None) -> Any:
+    def spy_again(pending: bookkeeping.Pending, ran_after: bookkeeping.Pending | None) -> Any:
         seen["ran after"].append(ran_after is not None)
         return again(pending, ran_after)
 
@@ -74,7 +74,7 @@ def redis(own_redis: OwnRedisFactory) -> Iterator[Redis]:
 def _every_run_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every run counts as quick: the worker holds jobs (and sends STEPs ahead) from its
     fourth job on, however slow the machine is today."""
-    monkeypatch.setattr(lane, "QUICK_S", 5.0)
+    monkeypatch.setattr(bookkeeping, "QUICK_S", 5.0)
 
 
 def test_both_steps_on_their_way_refused_run_again_in_order(redis: Redis) -> None:

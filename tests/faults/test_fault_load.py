@@ -14,8 +14,8 @@ from rq.job import Job, JobStatus
 from support import PHASE1, Processes, run_threads
 
 from faults.faultkit import check_invariants, make_plans, start_worker, wait_final
-from phase1 import approval, events
 from phase1.context import build
+from phase1.jobs import approval, events
 from phase1.settings import Settings
 
 Record = Callable[[str, str, str, float | None], None]

@@ -22,9 +22,10 @@ from faults.faultkit import (
     status,
     wait_final,
 )
-from phase1 import approval, executions
 from phase1.context import Phase1, build
+from phase1.domain import audit
 from phase1.errors import UnavailableError
+from phase1.jobs import approval
 from phase1.settings import Settings
 
 Record = Callable[[str, str, str, float | None], None]
@@ -33,7 +34,7 @@ OwnRedisFactory = Callable[..., OwnRedis]
 
 def job_of(ctx: Phase1, plan_id: uuid.UUID) -> str:
     with ctx.transaction() as conn:
-        row = executions.for_plan(conn, plan_id)
+        row = audit.for_plan(conn, plan_id)
     assert row is not None
     return str(row["job_id"])
 
@@ -56,7 +57,7 @@ def test_redis_restarted_mid_job(
     with pytest.raises(UnavailableError, match="nothing was written"):
         approval.approve(ctx, plan_c)
     with ctx.transaction() as conn:
-        assert executions.for_plan(conn, plan_c) is None
+        assert audit.for_plan(conn, plan_c) is None
     # The running job commits in PostgreSQL; its worker meets the dead Redis afterwards.
     wait_until(lambda: status(ctx, job_a) == "completed", timeout=20, what="job a committed")
     time.sleep(1.0)

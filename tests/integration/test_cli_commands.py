@@ -12,9 +12,11 @@ from click.testing import Result
 from support import JOB_VIEW_KEYS, Processes, inject_fault, settings_env, wait_until
 from typer.testing import CliRunner
 
-from phase1 import approval, deadletter, keys, plans
+from phase1 import keys
 from phase1.cli import app
 from phase1.context import Phase1
+from phase1.domain import plans
+from phase1.jobs import approval, deadletter
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

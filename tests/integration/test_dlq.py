@@ -9,10 +9,11 @@ import pytest
 from rq.job import Job, JobStatus
 from support import PHASE1, Processes, inject_fault, wait_until
 
-from phase1 import approval, deadletter, events, executions, plans
-from phase1 import queue as jobs
 from phase1.context import Phase1, build
+from phase1.domain import audit, plans
 from phase1.errors import ConflictError, NotFoundError
+from phase1.jobs import approval, deadletter, events
+from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
@@ -60,7 +61,7 @@ def run_to_completion(ctx: Phase1, processes: Processes, job_id: str) -> None:
 
 def assert_history(ctx: Phase1, job_id: str, expected: list[tuple[int, str]]) -> None:
     with ctx.transaction() as conn:
-        got = [(a["attempt"], a["status"]) for a in executions.attempts(conn, job_id)]
+        got = [(a["attempt"], a["status"]) for a in audit.attempts(conn, job_id)]
     assert got == expected
 
 
@@ -105,7 +106,7 @@ def test_requeue_interrupted_after_the_redis_move_loses_nothing(
     def crash(*_args: object, **_kwargs: object) -> None:
         raise Interrupted
 
-    monkeypatch.setattr(executions, "requeued", crash)
+    monkeypatch.setattr(audit, "requeued", crash)
     with pytest.raises(Interrupted):
         deadletter.requeue(ctx, job_id)
     monkeypatch.undo()

@@ -17,12 +17,14 @@ from typing import IO
 import pytest
 from support import PHASE1, Processes, inject_fault, settings_env, wait_until
 
-from phase1 import approval, context, deadletter, events, plans
-from phase1 import queue as jobs
+from phase1 import context
 from phase1.context import Phase1, build
+from phase1.domain import plans
+from phase1.jobs import approval, deadletter, events
+from phase1.jobs import queue as jobs
+from phase1.runtime.worker import Phase1Worker
 from phase1.schemas import SAMPLE_ANALYSIS, Event
 from phase1.settings import Settings
-from phase1.worker import Phase1Worker
 
 
 def make_plan(ctx: Phase1) -> uuid.UUID:
@@ -142,7 +144,7 @@ def test_subscribers_see_the_lifecycle_and_a_raising_one_changes_nothing(
     assert jobs.view(ctx, job_id).status == "completed"
     assert [label(e) for e in seen] == ["enqueued", *attempt(1, "completed")]
     assert written_first == [True] * len(seen)  # subscribers hear only of written events
-    logged = [r for r in caplog.records if r.name == "phase1.events" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "phase1.jobs.events" and r.exc_info]
     assert [r.getMessage().rsplit(" ", 1)[1] for r in logged] == ["job:active", "job:completed"]
 
 

@@ -21,12 +21,13 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job, JobStatus
 from support import Processes, horse_pid, inject_fault, wait_until
 
-from phase1 import approval, context, deadletter, events, executions, plans
-from phase1 import job as phase1_job
-from phase1 import queue as jobs
+from phase1 import context
 from phase1.context import Phase1, build
 from phase1.db import Row
+from phase1.domain import audit, plans
 from phase1.errors import ConflictError
+from phase1.jobs import approval, deadletter, events, phase1_job
+from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
@@ -64,7 +65,7 @@ def final(ctx: Phase1, job_id: str) -> str | None:
 
 def history(ctx: Phase1, job_id: str) -> list[Row]:
     with ctx.transaction() as conn:
-        return executions.attempts(conn, job_id)
+        return audit.attempts(conn, job_id)
 
 
 def task_keys(ctx: Phase1, plan_id: uuid.UUID) -> list[str]:

@@ -18,10 +18,12 @@ import pytest
 from rq.job import Job, JobStatus
 from support import Processes, RoundTrips, child_pids, count_thread_starts, inject_fault, wait_until
 
-from phase1 import approval, events, executions, plans, staging
 from phase1.context import Phase1, install_worker_context
+from phase1.domain import audit, plans
+from phase1.engine import success_writes
+from phase1.jobs import approval, events
+from phase1.runtime.worker import build_worker
 from phase1.schemas import SAMPLE_ANALYSIS
-from phase1.worker import build_worker
 
 
 def make_plans(ctx: Phase1, count: int) -> list[uuid.UUID]:
@@ -39,7 +41,7 @@ def drain(ctx: Phase1) -> None:
 def test_a_phase1_job_costs_few_round_trips(ctx: Phase1, round_trips: RoundTrips) -> None:
     """Approval 2 (PING, then enqueue + event in one call); worker per job 1: one transaction
     records its success (with its `active`, progress and completed events and its last beat)
-    and takes and starts the next job (phase1.lane). RQ's own worker needs about 20. The
+    and takes and starts the next job (engine.bookkeeping). RQ's own worker needs about 20. The
     burst's own start and stop are measured with an empty queue and taken off."""
     approval.approve(ctx, make_plans(ctx, 1)[0])  # warm: scripts loaded, connections open
     drain(ctx)
@@ -57,7 +59,7 @@ def test_a_phase1_job_costs_few_round_trips(ctx: Phase1, round_trips: RoundTrips
     worker = (round_trips.count - start - fixed) / jobs
 
     with ctx.transaction() as conn:
-        assert all(executions.get(conn, j)["status"] == "completed" for j in job_ids)  # type: ignore[index]
+        assert all(audit.get(conn, j)["status"] == "completed" for j in job_ids)  # type: ignore[index]
     assert producer == 2, producer
     # 1 a job, plus a little housekeeping (the first job of the burst is taken on its own, a
     # beat a second, and an `active` event of its own for a job that a busy machine held up
@@ -115,26 +117,26 @@ def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
     def push(value: str) -> tuple[Any, Any]:
         return (lambda pipe: pipe.rpush(key, value)), (lambda: heard.append(value))
 
-    stage = staging.Stage(ctx.redis)
-    staging.current = stage
+    stage = success_writes.Stage(ctx.redis)
+    success_writes.current = stage
     try:
-        assert staging.after_success(*push("a"))
-        assert staging.after_success(*push("b"), within=0.05)
-        assert staging.after_success(*push("c"))
+        assert success_writes.after_success(*push("a"))
+        assert success_writes.after_success(*push("b"), within=0.05)
+        assert success_writes.after_success(*push("c"))
         time.sleep(0.3)
         assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]
-        assert staging.after_success(*push("d"), within=0.05)
+        assert success_writes.after_success(*push("d"), within=0.05)
         taken = stage.take()  # as the success transaction takes them
         time.sleep(0.3)
         assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]  # d's timer found it gone
-        staging.send(ctx.redis, taken)
-        assert staging.after_success(*push("e"))
+        success_writes.send(ctx.redis, taken)
+        assert success_writes.after_success(*push("e"))
     finally:
-        staging.current = None
+        success_writes.current = None
         stage.close()
     assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b", b"c", b"d", b"e"]
     assert heard == ["a", "b", "c", "d", "e"]
-    assert not staging.after_success(*push("f"))  # no worker job: the caller writes
+    assert not success_writes.after_success(*push("f"))  # no worker job: the caller writes
     ctx.redis.delete(key)
 
 
@@ -264,7 +266,7 @@ def test_a_stop_signal_between_pop_and_start_puts_the_job_back(
     worker held it, RQ's worker loses that job; phase1's puts it back."""
     from rq.queue import Queue
 
-    from phase1.taking import FastQueue
+    from phase1.engine.dequeue import FastQueue
 
     fetch = Queue._fetch_dequeued_job.__func__  # type: ignore[attr-defined]
 
@@ -296,7 +298,7 @@ def test_a_stop_signal_between_pop_and_start_puts_the_job_back(
 
 
 def test_jobs_start_no_threads_of_their_own(ctx: Phase1, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job's heartbeats and its timed `active` event run on the process's one ticker thread:
+    """A job's heartbeats and its timed `active` event run on the process's one timer thread:
     a thread started per job cost milliseconds a job on a busy machine."""
     starts = count_thread_starts(monkeypatch)
     threads_of_a_burst = {}
@@ -306,7 +308,7 @@ def test_jobs_start_no_threads_of_their_own(ctx: Phase1, monkeypatch: pytest.Mon
         starts.clear()
         drain(ctx)
         threads_of_a_burst[jobs] = sorted(starts)
-    # The worker's own threads (and the ticker, once a process), whatever the job count.
+    # The worker's own threads (and the timer, once a process), whatever the job count.
     assert len(threads_of_a_burst[11]) <= len(threads_of_a_burst[1]) <= 2, threads_of_a_burst
 
 
@@ -315,13 +317,13 @@ def test_the_beat_after_a_pop_rides_with_the_jobs_start(
 ) -> None:
     """RQ's dequeue beats right after popping a job; the started pipeline beats a moment later,
     so that beat is left to it (once per pop: a popped job that never starts delays one)."""
-    from phase1 import taking
+    from phase1.engine import dequeue
 
     install_worker_context(ctx)
     worker = build_worker(ctx, name=f"fast-{uuid.uuid4().hex[:8]}")
     ctx.redis.ping()  # connected
     try:
-        taking.popped = (ctx.queue().key, "some-job", False)
+        dequeue.popped = (ctx.queue().key, "some-job", False)
         worker._housekept_at = 0.0  # a beat is due
         start = round_trips.count
         worker.heartbeat()
@@ -330,4 +332,4 @@ def test_the_beat_after_a_pop_rides_with_the_jobs_start(
         assert round_trips.count == start + 1  # the same pop defers no more than once
         assert worker.connection.hget(worker.key, "last_heartbeat") is not None
     finally:
-        taking.popped = None
+        dequeue.popped = None

@@ -14,10 +14,11 @@ from redis.connection import Connection as RedisConnection
 from rq.job import Job
 from support import Processes, inject_fault, wait_until
 
-from phase1 import approval, executions, plans
-from phase1 import queue as jobs
 from phase1.context import Phase1, build
+from phase1.domain import audit, phase1_tasks, plans
 from phase1.errors import ConflictError, NotFoundError, PermanentJobError
+from phase1.jobs import approval
+from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
@@ -54,7 +55,7 @@ def test_phase1_worker_completes_an_approved_plan(ctx: Phase1, processes: Proces
     assert task_keys(ctx, plan_id) == SAMPLE_KEYS
     with ctx.transaction() as conn:
         plan = plans.get_plan(conn, plan_id)
-        history = executions.attempts(conn, result.job_id)
+        history = audit.attempts(conn, result.job_id)
     assert plan.status == "approved"
     assert [(a["attempt"], a["status"]) for a in history] == [(1, "completed")]
     # RQ holds the same result.
@@ -102,7 +103,7 @@ def test_a_job_that_raises_then_succeeds_completes_on_attempt_2(
     assert view.attempt == 2
     assert task_keys(ctx, plan_id) == SAMPLE_KEYS
     with ctx.transaction() as conn:
-        history = executions.attempts(conn, result.job_id)
+        history = audit.attempts(conn, result.job_id)
     assert [(a["attempt"], a["status"]) for a in history] == [(1, "failed"), (2, "completed")]
     assert "injected fault" in history[0]["error_message"]
 
@@ -133,7 +134,7 @@ def test_the_approval_reads_redis_ping_inside_its_open_transaction(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND state = 'idle in transaction'"
                 ).fetchone()
-                committed = executions.for_plan(other, plan_id) is not None  # type: ignore[arg-type]
+                committed = audit.for_plan(other, plan_id) is not None  # type: ignore[arg-type]
             seen.append(("PONG", open_[0] if open_ else 0, committed))
         return answer
 
@@ -211,7 +212,7 @@ def test_approval_waiting_on_a_concurrent_one_returns_its_job(ctx: Phase1) -> No
     with ctx.transaction() as conn:  # the concurrent approval, held open
         plans.get_plan(conn, plan_id, lock=True)
         plans.set_plan_status(conn, plan_id, "approved")
-        row = executions.insert(
+        row = audit.insert(
             conn, plan_id=plan_id, job_id="held-job", queue=ctx.settings.queue, max_attempts=4
         )
 
@@ -233,7 +234,7 @@ def test_approval_waiting_on_a_concurrent_one_returns_its_job(ctx: Phase1) -> No
     assert len(outcome) == 1 and isinstance(outcome[0], approval.Approval), outcome
     assert (outcome[0].job_id, outcome[0].created) == (row["job_id"], False)
     with ctx.transaction() as conn:
-        assert executions.for_plan(conn, plan_id)["job_id"] == "held-job"  # type: ignore[index]
+        assert audit.for_plan(conn, plan_id)["job_id"] == "held-job"  # type: ignore[index]
     assert jobs.job_in_redis(ctx, "held-job") and ctx.queue().count == 1
 
 
@@ -253,7 +254,7 @@ def test_rejected_plan_cannot_be_approved(ctx: Phase1) -> None:
     with pytest.raises(ConflictError, match="rejected"):
         approval.approve(ctx, plan_id)
     with ctx.transaction() as conn:
-        assert executions.for_plan(conn, plan_id) is None
+        assert audit.for_plan(conn, plan_id) is None
 
 
 def test_unknown_plan_and_unknown_job(ctx: Phase1) -> None:
@@ -266,10 +267,10 @@ def test_unknown_plan_and_unknown_job(ctx: Phase1) -> None:
 def test_create_phase1_tasks_is_idempotent(ctx: Phase1) -> None:
     plan_id = make_plan(ctx)
     with ctx.transaction() as conn:
-        created, tasks = plans.create_phase1_tasks(conn, plan_id)
+        created, tasks = phase1_tasks.create_phase1_tasks(conn, plan_id)
     assert len(created) == 5 and len(tasks) == 5
     with ctx.transaction() as conn:
-        created_again, tasks_again = plans.create_phase1_tasks(conn, plan_id)
+        created_again, tasks_again = phase1_tasks.create_phase1_tasks(conn, plan_id)
     assert created_again == []
     assert [t.id for t in tasks_again] == [t.id for t in tasks]
 
@@ -278,16 +279,16 @@ def test_crash_half_way_leaves_no_partial_tasks(ctx: Phase1) -> None:
     plan_id = make_plan(ctx)
     inject_fault(ctx.database_url, plan_id, fail_times=1)
     with pytest.raises(Exception, match="injected fault"), ctx.transaction() as conn:
-        plans.create_phase1_tasks(conn, plan_id)
+        phase1_tasks.create_phase1_tasks(conn, plan_id)
     assert task_keys(ctx, plan_id) == []
     with ctx.transaction() as conn:
-        created, _ = plans.create_phase1_tasks(conn, plan_id)
+        created, _ = phase1_tasks.create_phase1_tasks(conn, plan_id)
     assert len(created) == 5
 
 
 def test_missing_plan_is_a_permanent_error(ctx: Phase1) -> None:
     with pytest.raises(PermanentJobError, match="not found"), ctx.transaction() as conn:
-        plans.create_phase1_tasks(conn, uuid.uuid4())
+        phase1_tasks.create_phase1_tasks(conn, uuid.uuid4())
 
 
 def test_sync_mode_creates_tasks_inline(make_settings: object) -> None:
@@ -306,7 +307,7 @@ def test_sync_mode_creates_tasks_inline(make_settings: object) -> None:
 def test_one_call_enqueue_writes_what_rq_writes(ctx: Phase1) -> None:
     """The approval's enqueue (one Lua call with its event) leaves the job hash, queue and
     queue registration RQ's own unique enqueue leaves; a repeat enqueues and announces nothing."""
-    from phase1 import events
+    from phase1.jobs import events
 
     plan_a, plan_b = make_plan(ctx), make_plan(ctx)
     ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())

@@ -1,4 +1,4 @@
-"""The lane (phase1.lane): a plain job's success and the next job's start in one Lua call.
+"""The lane (engine.bookkeeping): a plain job's success and the next job's start in one Lua call.
 
 On a real Redis, with RQ's own SimpleWorker as the reference for what must be left behind."""
 
@@ -19,9 +19,9 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 from support import RQ, Processes, RoundTrips, wait_until
 
-from phase1 import held, lane
-from phase1.fastworker import FastWorker
-from phase1.intermediate import STUCK_AFTER, put_back_left_behind
+from phase1.engine import bookkeeping, prefetch
+from phase1.engine.leftbehind import STUCK_AFTER, put_back_left_behind
+from phase1.engine.worker import FastWorker
 from phase1.settings import Settings
 
 
@@ -223,7 +223,7 @@ def test_no_job_waits_in_a_worker_behind_a_slow_one(
     waiting = queue.enqueue("lane_jobs.slow", 0.01, result_ttl=600)
     argv = [RQ, "worker", settings.queue, "--burst", "--url", settings.redis_url or ""]
     argv += ["--serializer", "rq.serializers.JSONSerializer"]
-    argv += ["--worker-class", "phase1.fastworker.FastWorker"]
+    argv += ["--worker-class", "phase1.engine.worker.FastWorker"]
     worker = processes.start(argv, settings, env={"PYTHONPATH": str(Path(__file__).parents[1])})
     wait_until(lambda: slow.get_status() == JobStatus.STARTED, what="the slow job running")
     time.sleep(0.2)
@@ -251,7 +251,9 @@ def test_steps_go_out_ahead_and_held_jobs_go_back_in_order(
     """Behind a quick job the worker holds two, so each STEP goes out before the answer of
     the one before it is read; a worker that stops puts every job it holds back, in order,
     as it was."""
-    monkeypatch.setattr(lane, "QUICK_S", 5.0)  # every run counts as quick, however slow today
+    monkeypatch.setattr(
+        bookkeeping, "QUICK_S", 5.0
+    )  # every run counts as quick, however slow today
     queue = _queue(redis, queue_name)
     worker = _learnt_worker(redis, queue)
     on_their_way: list[int] = []
@@ -280,7 +282,7 @@ def test_jobs_held_behind_quick_ones_go_back_before_a_slow_one_runs(
 ) -> None:
     """A job of a function not known to be quick, next after quick ones: the jobs held behind
     it go back to the queue before it runs, for any worker to take."""
-    monkeypatch.setattr(lane, "QUICK_S", 0.05)
+    monkeypatch.setattr(bookkeeping, "QUICK_S", 0.05)
     queue = _queue(redis, queue_name)
     worker = _learnt_worker(redis, queue, "lane_jobs.answer")
     quick = [queue.enqueue("lane_jobs.answer", i, result_ttl=600) for i in range(4)]
@@ -345,9 +347,9 @@ def test_a_held_job_the_maintenance_pass_put_back_is_not_started_too(
     """Jobs held behind a quick job that turns slow, long enough for the maintenance pass to
     put them back on their queue: the worker does not start them from its hands (nor hand
     them back, which could take them from another worker); each runs once."""
-    monkeypatch.setattr(lane, "QUICK_S", 0.05)
-    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
-    monkeypatch.setattr(held, "LET_GO_AFTER", 0.4)
+    monkeypatch.setattr(bookkeeping, "QUICK_S", 0.05)
+    monkeypatch.setattr(prefetch, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(prefetch, "LET_GO_AFTER", 0.4)
     queue = _queue(redis, queue_name)
     put_back: list[str] = []
 
@@ -368,8 +370,8 @@ def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
 ) -> None:
     """Jobs held behind a quick job that turns slow, past GIVE_BACK_AFTER: they go back to the
     front of their queue (for any worker) rather than start from this worker's hands."""
-    monkeypatch.setattr(lane, "QUICK_S", 0.05)
-    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(bookkeeping, "QUICK_S", 0.05)
+    monkeypatch.setattr(prefetch, "GIVE_BACK_AFTER", 0.2)
     queue = _queue(redis, queue_name)
     handed_back: list[tuple[str, int]] = []  # job id, its runs then
     hand_back = FastWorker._hand_back
@@ -389,7 +391,7 @@ def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
 
 
 def test_held_jobs_go_back_well_before_the_maintenance_pass_would_put_them_back() -> None:
-    assert (held.GIVE_BACK_AFTER, held.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
+    assert (prefetch.GIVE_BACK_AFTER, prefetch.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
 
 
 def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
@@ -398,7 +400,7 @@ def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
     """The success of a job the lane does not finish (a success callback) takes the next job
     in the same transaction; if the worker's loop then spends GIVE_BACK_AFTER before starting
     it (a slow maintenance pass), it goes back to its queue first, unrun, and runs once."""
-    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(prefetch, "GIVE_BACK_AFTER", 0.2)
     queue = _queue(redis, queue_name)
     worker = FastWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"

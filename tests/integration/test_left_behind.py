@@ -1,4 +1,4 @@
-"""Jobs a worker took off their queue and died before starting (phase1.intermediate).
+"""Jobs a worker took off their queue and died before starting (phase1.engine.leftbehind).
 
 RQ's maintenance fails such a job ("stuck in intermediate queue") without its callbacks; a
 phase1 worker puts it back at the front of its queue instead. On a real Redis, and with a
@@ -16,13 +16,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from support import Processes, wait_until
 
-from phase1 import approval, deadletter, executions, keys, plans
-from phase1 import queue as jobs
 from phase1.context import build
-from phase1.intermediate import STUCK_AFTER, put_back_left_behind
+from phase1.domain import audit, plans
+from phase1.engine.dequeue import FastQueue
+from phase1.engine.leftbehind import STUCK_AFTER, put_back_left_behind, sightings_key
+from phase1.jobs import approval, deadletter
+from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
-from phase1.taking import FastQueue
 
 T = 1_000_000.0  # the passes' clock
 
@@ -67,7 +68,7 @@ def test_a_job_left_taken_goes_back_to_the_front_once_seen_there_long_enough(
     assert queue.get_job_ids() == [first, second] and _listed(queue) == []
     job = Job.fetch(first, connection=queue.connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.QUEUED
-    assert not queue.connection.exists(keys.intermediate_sightings(queue.name))
+    assert not queue.connection.exists(sightings_key(queue.name))
     assert not queue.connection.exists(queue.intermediate_queue.get_first_seen_key(first))
 
 
@@ -117,7 +118,7 @@ def test_a_phase1_job_a_dead_worker_took_runs_once_and_fails_nothing(
         # Seen there two minutes ago, by RQ's pass and by phase1's: both are due at once.
         ago = time.time() - 2 * STUCK_AFTER
         ctx.redis.set(queue.intermediate_queue.get_first_seen_key(job_id), ago)
-        ctx.redis.hset(keys.intermediate_sightings(queue.name), job_id, ago)
+        ctx.redis.hset(sightings_key(queue.name), job_id, ago)
 
         worker = processes.worker(ctx.settings)
         wait_until(
@@ -127,7 +128,7 @@ def test_a_phase1_job_a_dead_worker_took_runs_once_and_fails_nothing(
         )
         assert jobs.view(ctx, job_id).status == "completed"
         with ctx.transaction() as conn:
-            attempts = executions.attempts(conn, job_id)
+            attempts = audit.attempts(conn, job_id)
         assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "completed")]
         wait_until(
             lambda: (

@@ -14,10 +14,12 @@ from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from support import PHASE1, run_concurrently, settings_env
 
-from phase1 import approval, deadletter, events, executions, keys, plans, reconcile
-from phase1 import job as phase1_job
+from phase1 import keys
 from phase1.context import Phase1, build
+from phase1.domain import audit, phase1_tasks, plans
 from phase1.errors import UnavailableError
+from phase1.jobs import approval, deadletter, events, phase1_job
+from phase1.runtime import reconcile
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
@@ -193,7 +195,7 @@ def test_a_job_rq_failed_on_its_own_is_recorded_failed_and_dead_lettered(
     assert outcome.settled == [job_id] and outcome.requeued == []
     assert row_status(ctx, job_id) == "failed"
     with ctx.transaction() as conn:
-        attempts = executions.attempts(conn, job_id)
+        attempts = audit.attempts(conn, job_id)
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed")]
     assert attempts[0]["error_type"] == "EndedOutsidePhase1"
     assert "RQ ended the job as failed" in attempts[0]["error_message"]
@@ -205,7 +207,7 @@ def test_a_job_rq_failed_on_its_own_is_recorded_failed_and_dead_lettered(
     again = reconcile.reconcile(ctx, grace=0)  # nothing left to do, nothing twice
     assert again.settled == [] and again.requeued == []
     with ctx.transaction() as conn:
-        assert len(executions.attempts(conn, job_id)) == 1
+        assert len(audit.attempts(conn, job_id)) == 1
     assert len(failed_events(ctx, job_id)) == 1
 
 
@@ -217,7 +219,10 @@ def test_a_final_failure_dead_lettered_while_postgresql_was_down_reaches_its_row
     ctx = last_try
     (job_id,) = approved(ctx, 1)
     with ctx.transaction() as conn:
-        assert executions.start_attempt(conn, job_id, "w1") == 1
+        started = phase1_tasks.open_attempt(
+            conn, job_id, audit.get(conn, job_id)["plan_id"], "w1", 0
+        )
+        assert started is not None and started.attempt == 1
     job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
     job.set_status(JobStatus.FAILED)
 
@@ -246,7 +251,7 @@ def test_a_final_failure_dead_lettered_while_postgresql_was_down_reaches_its_row
     assert outcome.settled == [job_id]
     assert row_status(ctx, job_id) == "failed"
     with ctx.transaction() as conn:
-        attempts = executions.attempts(conn, job_id)
+        attempts = audit.attempts(conn, job_id)
     assert [(a["attempt"], a["status"], a["error_type"]) for a in attempts] == [
         (1, "failed", "ValueError")
     ]

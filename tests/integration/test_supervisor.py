@@ -11,10 +11,11 @@ from pathlib import Path
 from rq import Worker
 from support import PHASE1, Processes, child_pids, settings_env, wait_until
 
-from phase1 import approval, plans
 from phase1.context import Phase1
+from phase1.domain import plans
+from phase1.jobs import approval
+from phase1.runtime.supervisor import supervise
 from phase1.schemas import SAMPLE_ANALYSIS
-from phase1.supervisor import supervise
 
 
 def test_a_bad_usage_exit_stops_everything_with_2() -> None:
@@ -79,7 +80,7 @@ def test_a_forking_worker_has_psycopg_loaded_before_its_first_horse(ctx: Phase1)
         f"""
         import sys
         from redis import Redis
-        from phase1.worker import Phase1ForkingWorker
+        from phase1.runtime.worker import Phase1ForkingWorker
 
         before = "psycopg" in sys.modules
         Phase1ForkingWorker(["{ctx.settings.queue}"], connection=Redis.from_url("{ctx.redis_url}"))

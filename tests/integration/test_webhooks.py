@@ -19,9 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from support import PHASE1, RQ, Processes, inject_fault, settings_env, wait_until
 
-from phase1 import approval, events, plans, verify_signature, webhooks
-from phase1 import queue as jobs
+from phase1 import verify_signature
 from phase1.context import Phase1, build
+from phase1.domain import plans
+from phase1.jobs import approval, events, webhooks
+from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The Phase 1 job's PostgreSQL work in seven round trips (phase1.work), on a real PostgreSQL:
+"""The Phase 1 job's PostgreSQL work in seven round trips (domain.phase1_tasks), on real PostgreSQL:
 it writes what the one-statement-per-step version writes, and keeps its idempotency."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from http_support import FreezableProxy, pg_address, via_proxy
 from psycopg.pq import TransactionStatus
 from support import inject_fault
 
-from phase1 import db, executions, plans, work
+from phase1 import db
 from phase1.context import Phase1
+from phase1.domain import audit, phase1_tasks, plans
 from phase1.errors import PermanentJobError
 from phase1.schemas import SAMPLE_ANALYSIS
 
@@ -26,39 +27,37 @@ def pending_job(ctx: Phase1, analysis: dict[str, Any] = SAMPLE_ANALYSIS) -> tupl
     with ctx.transaction() as conn:
         plan = plans.create_plan(conn, "Work plan", analysis)
         plans.set_plan_status(conn, plan.id, "approved")
-        executions.insert(
-            conn, plan_id=plan.id, job_id=job_id, queue=ctx.settings.queue, max_attempts=4
-        )
+        audit.insert(conn, plan_id=plan.id, job_id=job_id, queue=ctx.settings.queue, max_attempts=4)
     return job_id, plan.id
 
 
-def start(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> work.Started:
+def start(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> phase1_tasks.Started:
     with ctx.transaction() as conn:
-        started = work.open_attempt(conn, job_id, plan_id, "w1", 3)
+        started = phase1_tasks.open_attempt(conn, job_id, plan_id, "w1", 3)
     assert started is not None
     return started
 
 
-def run(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> tuple[int, work.Outcome]:
+def run(ctx: Phase1, job_id: str, plan_id: uuid.UUID) -> tuple[int, phase1_tasks.Outcome]:
     started = start(ctx, job_id, plan_id)
     with ctx.transaction() as conn:
-        return started.attempt, work.create_tasks(conn, job_id, started, plan_id)
+        return started.attempt, phase1_tasks.create_tasks(conn, job_id, started, plan_id)
 
 
 def test_it_writes_what_one_statement_per_step_writes(ctx: Phase1) -> None:
     job_id, plan_id = pending_job(ctx)
     attempt, outcome = run(ctx, job_id, plan_id)
     with ctx.transaction() as conn:
-        tasks = plans.list_tasks(conn, plan_id)
-        row = executions.get(conn, job_id)
-        attempts = executions.attempts(conn, job_id)
+        plan_tasks = plans.list_tasks(conn, plan_id)
+        row = audit.get(conn, job_id)
+        attempts = audit.attempts(conn, job_id)
     assert outcome.ran and attempt == 1
     assert outcome.result == {
         "planId": str(plan_id),
         "tasksCreated": 5,
-        "taskIds": [str(t.id) for t in tasks],
+        "taskIds": [str(t.id) for t in plan_tasks],
     }
-    assert [t.key for t in tasks] == [t["key"] for t in SAMPLE_ANALYSIS["phase1"]]
+    assert [t.key for t in plan_tasks] == [t["key"] for t in SAMPLE_ANALYSIS["phase1"]]
     assert row is not None and row["status"] == "completed" and row["progress"] == 100
     assert row["result"] == outcome.result and row["completed_at"] is not None
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "completed")]
@@ -71,16 +70,16 @@ def test_tasks_already_there_are_kept_and_listed_in_order(ctx: Phase1) -> None:
     job_id, plan_id = pending_job(ctx)
     first_two = {"phase1": SAMPLE_ANALYSIS["phase1"][1:3]}
     with ctx.transaction() as conn:
-        params = plans.task_params(plan_id, {"analysis": first_two})
+        params = phase1_tasks.task_params(plan_id, {"analysis": first_two})
         params["positions"] = [1, 2]
-        conn.execute(plans.SQL_INSERT_TASKS, params)
+        conn.execute(phase1_tasks.SQL_CREATE_TASKS, params)
         before = {t.key: t.id for t in plans.list_tasks(conn, plan_id)}
     _, outcome = run(ctx, job_id, plan_id)
     with ctx.transaction() as conn:
-        tasks = plans.list_tasks(conn, plan_id)
+        plan_tasks = plans.list_tasks(conn, plan_id)
     assert outcome.result["tasksCreated"] == 3
-    assert outcome.result["taskIds"] == [str(t.id) for t in tasks] and len(tasks) == 5
-    assert [t.key for t in tasks] == [t["key"] for t in SAMPLE_ANALYSIS["phase1"]]
+    assert outcome.result["taskIds"] == [str(t.id) for t in plan_tasks] and len(plan_tasks) == 5
+    assert [t.key for t in plan_tasks] == [t["key"] for t in SAMPLE_ANALYSIS["phase1"]]
     assert all(str(before[key]) in outcome.result["taskIds"] for key in before)
 
 
@@ -88,18 +87,18 @@ def test_a_job_a_concurrent_run_completed_is_left_alone(ctx: Phase1) -> None:
     job_id, plan_id = pending_job(ctx)
     started = start(ctx, job_id, plan_id)
     assert started.attempt == 1
-    # Another run completes the job between this run's start and its work.
+    # Another run completes the job between this run's start and its tasks.
     _, other = run(ctx, job_id, plan_id)
     with ctx.transaction() as conn:
-        outcome = work.create_tasks(conn, job_id, started, plan_id)
-        tasks = plans.list_tasks(conn, plan_id)
-        attempts = executions.attempts(conn, job_id)
+        outcome = phase1_tasks.create_tasks(conn, job_id, started, plan_id)
+        plan_tasks = plans.list_tasks(conn, plan_id)
+        attempts = audit.attempts(conn, job_id)
     assert not outcome.ran and outcome.result == other.result
-    assert len(tasks) == 5
-    # The other run's start closed attempt 1 as lost (phase1.executions.SQL_START_ATTEMPT).
+    assert len(plan_tasks) == 5
+    # The other run's start closed attempt 1 as lost (phase1.domain.audit.SQL_START_ATTEMPT).
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "completed")]
     with ctx.transaction() as conn:  # and a run of a completed job opens no attempt
-        assert work.open_attempt(conn, job_id, plan_id, "w1", 3) is None
+        assert phase1_tasks.open_attempt(conn, job_id, plan_id, "w1", 3) is None
 
 
 @pytest.mark.parametrize(
@@ -120,7 +119,7 @@ def test_a_missing_plan_or_a_bad_analysis_is_permanent_and_writes_nothing(
     with pytest.raises(PermanentJobError, match=message):
         run(ctx, job_id, plan_id)
     with ctx.transaction() as conn:
-        row = executions.get(conn, job_id)
+        row = audit.get(conn, job_id)
         count = conn.execute(
             "SELECT count(*) AS n FROM marketplace_tasks WHERE plan_id = %s", (plan_id,)
         ).fetchone()
@@ -138,11 +137,11 @@ def test_a_failure_inside_the_transaction_rolls_it_all_back(ctx: Phase1) -> None
         pytest.raises(psycopg.errors.RaiseException, match="injected fault"),
         ctx.transaction() as conn,
     ):
-        work.create_tasks(conn, job_id, started, plan_id)
+        phase1_tasks.create_tasks(conn, job_id, started, plan_id)
     with ctx.read() as conn:
         assert conn.info.transaction_status == TransactionStatus.IDLE
         assert plans.list_tasks(conn, plan_id) == []
-        row = executions.get(conn, job_id)
+        row = audit.get(conn, job_id)
     assert row is not None and row["status"] == "active"
     _, outcome = run(ctx, job_id, plan_id)  # the next attempt does it all
     assert outcome.ran and outcome.result["tasksCreated"] == 5
@@ -171,7 +170,7 @@ def test_work_stuck_on_a_hung_server_never_commits_after_the_job_gave_up(ctx: Ph
         proxy.freeze()
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(GaveUp):
-            work.create_tasks(conn, job_id, started, plan_id)
+            phase1_tasks.create_tasks(conn, job_id, started, plan_id)
         conn.close()  # as the pool closes a connection returned mid-query
         proxy.thaw()  # the held message reaches the server now
         time.sleep(1.0)
@@ -181,5 +180,5 @@ def test_work_stuck_on_a_hung_server_never_commits_after_the_job_gave_up(ctx: Ph
         proxy.close()
     with ctx.read() as check:
         assert plans.list_tasks(check, plan_id) == []
-        row = executions.get(check, job_id)
+        row = audit.get(check, job_id)
     assert row is not None and row["status"] == "active"

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from phase1 import __version__, monitor
+from phase1 import __version__
 from phase1.cli import app
 from phase1.cli import info as info_cli
 from phase1.cli.common import (
@@ -36,6 +36,7 @@ from phase1.errors import (
     Phase1Error,
     UnavailableError,
 )
+from phase1.runtime import monitor
 
 runner = CliRunner()
 

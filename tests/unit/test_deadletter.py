@@ -15,11 +15,13 @@ from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.timeouts import JobTimeoutException
 
-from phase1 import deadletter, heartbeat, keys, sweep
-from phase1 import queue as jobs
+from phase1 import keys
 from phase1.context import Phase1
 from phase1.errors import NotFoundError, PermanentJobError, UnavailableError
-from phase1.job import describe_failure
+from phase1.jobs import deadletter, heartbeat
+from phase1.jobs import queue as jobs
+from phase1.jobs.phase1_job import describe_failure
+from phase1.runtime import sweep
 from phase1.settings import Settings
 
 QUEUE = "unit-q"
@@ -243,7 +245,7 @@ def test_a_killed_work_horse_records_its_attempt(
     """RQ hard-kills a horse at timeout + 60 s: that death is a timeout, others abandoned."""
     from datetime import UTC, datetime, timedelta
 
-    from phase1 import job as phase1_job
+    from phase1.jobs import phase1_job
 
     job = enqueue(ctx, "j1")
     job.started_at = datetime.now(UTC) - timedelta(seconds=ran_for)
@@ -259,7 +261,7 @@ def test_a_killed_work_horse_records_its_attempt(
 def test_a_failing_record_never_breaks_rqs_own_handling(
     ctx: Phase1, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phase1 import job as phase1_job
+    from phase1.jobs import phase1_job
 
     def down(*_a: Any, **_kw: Any) -> None:
         raise UnavailableError("PostgreSQL is down")
@@ -298,7 +300,7 @@ def test_requeue_all_shows_a_bar_on_a_terminal_only_when_many(
 def test_a_horse_killed_after_its_work_committed_gets_one_no_op_run(
     ctx: Phase1, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phase1 import job as phase1_job
+    from phase1.jobs import phase1_job
 
     job = enqueue(ctx, "j1")
     job.retries_left = 0  # RQ would fail it

@@ -18,10 +18,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from typer.testing import CliRunner
 
-from phase1 import events, keys, verify_signature, webhooks
+from phase1 import keys, verify_signature
 from phase1.cli import app
 from phase1.cli.events import _resolve_since, describe
 from phase1.errors import ConfigError, InvalidInputError
+from phase1.jobs import events, webhooks
 from phase1.schemas import Event
 from phase1.settings import Settings, load_settings
 
@@ -137,7 +138,7 @@ def test_a_raising_handler_is_logged_and_changes_nothing(
 
     unsubscribe = events.subscribe(events.COMPLETED, broken)
     try:
-        with caplog.at_level(logging.ERROR, logger="phase1.events"):
+        with caplog.at_level(logging.ERROR, logger="phase1.jobs.events"):
             event = events.emit(redis, settings, events.make(events.COMPLETED, "j", "p", 1))
     finally:
         unsubscribe()
@@ -165,7 +166,7 @@ def test_a_redis_failure_loses_the_event_not_the_job(
     server = fakeredis.FakeServer()
     server.connected = False
     down = fakeredis.FakeRedis(server=server)
-    with caplog.at_level(logging.WARNING, logger="phase1.events"):
+    with caplog.at_level(logging.WARNING, logger="phase1.jobs.events"):
         event = events.emit(down, settings, events.make(events.COMPLETED, "j", "p", 1))
     assert received == [event]
     assert "could not write job:completed of job j" in caplog.text

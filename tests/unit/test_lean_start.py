@@ -38,8 +38,8 @@ def test_every_public_name_still_imports_from_phase1() -> None:
     from phase1 import Settings, approve, verify_signature
 
     assert Settings.__module__ == "phase1.settings"
-    assert approve.__module__ == "phase1.approval"
-    assert verify_signature.__module__ == "phase1.webhooks"
+    assert approve.__module__ == "phase1.jobs.approval"
+    assert verify_signature.__module__ == "phase1.jobs.webhooks"
     assert set(phase1.__all__) <= set(dir(phase1))
     with pytest.raises(AttributeError):
         _ = phase1.no_such_name  # type: ignore[attr-defined]
@@ -54,7 +54,7 @@ def test_phase1_worker_runs_without_the_cli_libraries() -> None:
         from phase1.cli import workerstart
 
         def fake_run(args):
-            import phase1.job, phase1.worker  # everything a worker imports before a job
+            import phase1.jobs.phase1_job, phase1.runtime.worker  # a worker's imports
             return 0
 
         workerstart.run_command = fake_run
@@ -66,7 +66,7 @@ def test_phase1_worker_runs_without_the_cli_libraries() -> None:
             assert exc.code == 0, exc.code
         """
     )
-    assert "phase1.worker" in loaded
+    assert "phase1.runtime.worker" in loaded
     assert {m.split(".")[0] for m in loaded} & CLI_AND_HTTP == set()
     assert "phase1.cli.root" not in loaded and "phase1.cli.common" not in loaded
 
@@ -77,7 +77,7 @@ def test_a_worker_loads_psycopg_only_when_postgresql_is_first_used() -> None:
     loaded = loaded_after(
         """
         import sys
-        import phase1.job, phase1.worker, phase1.checks
+        import phase1.jobs.phase1_job, phase1.runtime.worker, phase1.runtime.startup_checks
         from phase1.context import build
         from phase1.settings import load_settings
 
@@ -102,7 +102,7 @@ def test_reading_the_settings_loads_neither_psycopg_nor_the_event_modules() -> N
         """
     )
     assert "psycopg" not in loaded
-    assert not {"phase1.events", "phase1.webhooks", "phase1.schemas"} & loaded
+    assert not {"phase1.jobs.events", "phase1.jobs.webhooks", "phase1.schemas"} & loaded
 
 
 def test_a_worker_start_compiles_no_tokenizer() -> None:
@@ -112,7 +112,7 @@ def test_a_worker_start_compiles_no_tokenizer() -> None:
         [
             sys.executable,
             "-c",
-            "import phase1.worker, tokenize\n"
+            "import phase1.runtime.worker, tokenize\n"
             "from phase1.settings import load_settings\n"
             "load_settings()\n"
             "print(tokenize._compile.cache_info().misses)",

@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from phase1.queue import FAILURE_CALLBACK, job_options, retry_policy
+from phase1.jobs.queue import FAILURE_CALLBACK, job_options, retry_policy
 from phase1.settings import Settings
 
 

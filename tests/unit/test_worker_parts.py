@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from phase1 import shutdown
-from phase1.maintenance import Maintenance
+from phase1.runtime import shutdown
+from phase1.runtime.maintenance import Maintenance
 
 
 def test_maintenance_runs_each_task_at_its_interval_and_survives_failures(
@@ -26,7 +26,7 @@ def test_maintenance_runs_each_task_at_its_interval_and_survives_failures(
     maintenance = Maintenance()
     maintenance.add("fast", 0.05, lambda: runs.__setitem__("fast", runs["fast"] + 1))
     maintenance.add("broken", 0.05, broken)
-    with caplog.at_level(logging.WARNING, logger="phase1.maintenance"):
+    with caplog.at_level(logging.WARNING, logger="phase1.runtime.maintenance"):
         maintenance.start()
         time.sleep(0.5)
         maintenance.stop()
@@ -75,21 +75,21 @@ def test_deadline_runs_its_steps_in_order_unless_cancelled() -> None:
 
 
 def test_remembered_serializers_answer_as_rq_does() -> None:
-    """phase1.rqparts.resolve_serializer: RQ's answers and errors, looked up once."""
+    """phase1.engine.rqspeedups.resolve_serializer: RQ's answers and errors, looked up once."""
     import rq.job
     import rq.serializers
     from rq.serializers import JSONSerializer
 
-    from phase1 import rqparts
+    from phase1.engine import rqspeedups
 
-    rq_resolve = rqparts._rq_resolve_serializer
+    rq_resolve = rqspeedups._rq_resolve_serializer
     for given in (None, JSONSerializer, "rq.serializers.JSONSerializer"):
-        assert rqparts.resolve_serializer(given) is rq_resolve(given)
-        assert rqparts.resolve_serializer(given) is rq_resolve(given)  # from the memory
+        assert rqspeedups.resolve_serializer(given) is rq_resolve(given)
+        assert rqspeedups.resolve_serializer(given) is rq_resolve(given)  # from the memory
     with pytest.raises(NotImplementedError):
-        rqparts.resolve_serializer(object())
-    rqparts.speed_up_rq()
-    assert rq.job.resolve_serializer is rqparts.resolve_serializer
+        rqspeedups.resolve_serializer(object())
+    rqspeedups.speed_up_rq()
+    assert rq.job.resolve_serializer is rqspeedups.resolve_serializer
     assert rq.serializers.resolve_serializer is rq_resolve  # RQ's own stays as it was
 
 
@@ -97,20 +97,20 @@ def test_rqs_timestamps_read_as_rq_reads_them() -> None:
     """rqparts.str_to_date (fromisoformat for RQ's own format) answers as RQ's does."""
     from rq.utils import str_to_date as rq_str_to_date
 
-    from phase1 import rqparts
+    from phase1.engine import rqspeedups
 
     for text in (
         "2026-11-28T18:32:10.410070Z",
         b"2026-11-28T18:32:10.000000Z",
         "2026-11-28T18:32:10Z",  # RQ's older format: RQ's own parser
     ):
-        assert rqparts.str_to_date(text) == rq_str_to_date(text)
-        assert rqparts.str_to_date(text).tzinfo == rq_str_to_date(text).tzinfo
+        assert rqspeedups.str_to_date(text) == rq_str_to_date(text)
+        assert rqspeedups.str_to_date(text).tzinfo == rq_str_to_date(text).tzinfo
     for bad in ("", "2026-11-28 18:32:10.410070Z", "not a dateXXXXXXXXXXXXXXXXXZ"):
         with pytest.raises(ValueError):
             rq_str_to_date(bad)
         with pytest.raises(ValueError):
-            rqparts.str_to_date(bad)
+            rqspeedups.str_to_date(bad)
 
 
 def test_the_lanes_timestamps_are_rqs_format() -> None:
@@ -118,12 +118,12 @@ def test_the_lanes_timestamps_are_rqs_format() -> None:
 
     from rq.utils import utcformat
 
-    from phase1 import lanescripts
+    from phase1.engine import scripts
 
     for moment in (1795890730.410070, 1795890730.0, 1.5):
         when = datetime.fromtimestamp(moment, UTC)
-        assert lanescripts.stamp(moment) == utcformat(when)
-        assert lanescripts.utc(when) == utcformat(when)
+        assert scripts.stamp(moment) == utcformat(when)
+        assert scripts.utc(when) == utcformat(when)
 
 
 def test_the_alarm_penalty_times_a_job_out_and_ignores_a_stray_alarm() -> None:
@@ -134,7 +134,7 @@ def test_the_alarm_penalty_times_a_job_out_and_ignores_a_stray_alarm() -> None:
 
     from rq.timeouts import JobTimeoutException
 
-    from phase1.rqparts import AlarmDeathPenalty, _on_alarm
+    from phase1.engine.rqspeedups import AlarmDeathPenalty, _on_alarm
 
     try:
         with pytest.raises(JobTimeoutException), AlarmDeathPenalty(1, JobTimeoutException):

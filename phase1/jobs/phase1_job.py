@@ -1,0 +1,268 @@
+"""The function a worker runs for a Phase 1 job, and its failure callback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback as tb_module
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from redis import Redis
+from rq import get_current_job
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from phase1 import context
+from phase1.context import Phase1
+from phase1.domain import audit, phase1_tasks
+from phase1.errors import PermanentJobError, UnavailableError
+from phase1.jobs import deadletter, events
+from phase1.jobs.heartbeat import heartbeating
+from phase1.schemas import FailureReason, JobPayload
+
+log = logging.getLogger(__name__)
+
+Recorded = Literal["recorded", "duplicate", "completed"]
+ACTIVE_LAG = 0.05  # seconds
+
+
+def _payload(raw: Any) -> JobPayload:
+    try:
+        return JobPayload.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise PermanentJobError(f"invalid job payload at {where}: {first['msg']}") from None
+
+
+@heartbeating
+def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
+    """Create the plan's Phase 1 tasks; the job's RQ entry point.
+
+    The tasks and the `completed` execution row are written in one transaction, so a run
+    either does all of it or none; a second run of a completed job changes nothing.
+    """
+    payload = _payload(raw_payload)
+    job = get_current_job()
+    if job is None:
+        raise PermanentJobError("run_phase1_job must run inside an RQ job")
+    ctx = context.for_worker_process()
+    plan_id = str(payload.planId)
+
+    with ctx.transaction() as conn:
+        started = phase1_tasks.open_attempt(
+            conn, job.id, payload.planId, job.worker_name, job.retries_left or 0
+        )
+        row = audit.get(conn, job.id) if started is None else None
+    if started is None:
+        if row is None:
+            raise PermanentJobError(f"job {job.id} has no execution row in PostgreSQL")
+        log.info("job %s already completed; a repeated run changes nothing", job.id)
+        return dict(row["result"] or {})
+
+    # `job:active` goes out with the outcome when that comes within ACTIVE_LAG (one round
+    # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
+    attempt = started.attempt
+    active = events.make(events.ACTIVE, job.id, plan_id, attempt)
+    events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
+    with ctx.transaction() as conn:
+        outcome = phase1_tasks.create_tasks(conn, job.id, started, payload.planId)
+    result = outcome.result
+    if not outcome.ran:
+        return result
+    # Progress and completion once the work is committed; with phase1's worker in the same
+    # round trip as its success bookkeeping.
+    progress = {"progress": 90, "step": "tasks-created"}
+    events.emit_after_success(
+        job.connection,
+        ctx.settings,
+        [
+            events.make(events.PROGRESS, job.id, plan_id, attempt, progress),
+            events.make(events.COMPLETED, job.id, plan_id, attempt, {"result": result}),
+        ],
+    )
+    return result
+
+
+def _database_timeout(exc: BaseException | None) -> BaseException | None:
+    """The statement or lock timeout behind `exc`, if any (db.py wraps driver errors)."""
+    errors = sys.modules.get("psycopg.errors")
+    if errors is None:
+        return None  # psycopg never loaded in this process: no driver error behind `exc`
+    timeouts: tuple[type[BaseException], ...] = (errors.QueryCanceled, errors.LockNotAvailable)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, timeouts):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_failure(
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    job_timeout: float | None = None,
+) -> tuple[FailureReason, str, str]:
+    """The reason, error type and message recorded for a failed attempt."""
+    if exc_type is None:
+        return "exception", "Error", str(exc_value or "the attempt failed")
+    name = exc_type.__name__
+    text = str(exc_value) if exc_value is not None else ""
+    if issubclass(exc_type, PermanentJobError):
+        return "permanent", name, text or name
+    if issubclass(exc_type, JobTimeoutException):
+        return "timeout", name, f"attempt timed out after {job_timeout} s: {text or name}"
+    if issubclass(exc_type, AbandonedJobError):
+        return "abandoned", name, "the worker running the attempt died (found by rq's cleanup)"
+    db_timeout = _database_timeout(exc_value)
+    if db_timeout is not None:
+        first = (str(db_timeout).strip().splitlines() or [type(db_timeout).__name__])[0]
+        return (
+            "timeout",
+            type(db_timeout).__name__,
+            f"the database gave up before the {job_timeout} s attempt timeout: {first}",
+        )
+    return "exception", name, text or name
+
+
+def failure_reason(exc_type: type[BaseException] | None) -> FailureReason:
+    return describe_failure(exc_type, None)[0]
+
+
+def _plan_id(job: Job) -> str | None:
+    meta_plan = job.meta.get("planId") if job.meta else None
+    if meta_plan:
+        return str(meta_plan)
+    try:
+        return str(job.args[0]["planId"])
+    except Exception:  # no args, another shape, or data this serializer cannot read
+        return None
+
+
+def _payload_of(job: Job) -> Any:
+    try:
+        return job.args[0] if job.args else None
+    except Exception:
+        return None
+
+
+def on_failure(
+    job: Job,
+    connection: Redis,
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
+    """RQ calls this on *every* failed attempt, before it decides whether to retry, and for
+    abandoned jobs its registry cleanup finds (AbandonedJobError).
+
+    Permanent errors use up the retry budget at once; the last failure dead-letters the job.
+    """
+    reason, error_type, message = describe_failure(exc_type, exc_value, job.timeout)
+    if reason == "permanent":
+        job.retries_left = 0  # RQ reads this right after the callback: no retry
+    final = not job.should_retry
+    next_retry_at = None
+    if not final:
+        next_retry_at = datetime.now(UTC) + timedelta(seconds=job.get_retry_interval())
+    record_failure(
+        job,
+        connection,
+        reason=reason,
+        error_type=error_type,
+        message=message,
+        traceback_text="".join(tb_module.format_exception(exc_type, exc_value, tb))
+        if exc_type and tb
+        else None,
+        final=final,
+        next_retry_at=next_retry_at,
+        # The orphan sweep may have recorded this dead attempt first.
+        only_if_active=reason == "abandoned",
+    )
+
+
+def record_failure(
+    job: Job,
+    connection: Redis,
+    *,
+    reason: FailureReason,
+    error_type: str,
+    message: str,
+    traceback_text: str | None,
+    final: bool,
+    next_retry_at: datetime | None,
+    only_if_active: bool = False,
+    ctx: Phase1 | None = None,
+) -> Recorded:
+    """Write a failed attempt to the audit trail, the DLQ when final, and the event stream.
+
+    Returns `recorded`; `duplicate` when another path had recorded this attempt already
+    (`only_if_active`); `completed` when the job had completed (its work committed before
+    the process died): nothing is failed then. A final failure reaches the DLQ even when
+    PostgreSQL is down; the UnavailableError is raised after that.
+    """
+    ctx = ctx or context.for_worker_process()
+    settings = ctx.settings
+    plan_id = _plan_id(job)
+    message = (message or error_type)[:10_000]
+    failed: audit.FailedAttempt | None = None
+    audit_error: UnavailableError | None = None
+    try:
+        with ctx.transaction() as conn:
+            failed = audit.record_failed_attempt(
+                conn,
+                job.id,
+                worker=job.worker_name,
+                final=final,
+                error_type=error_type,
+                error_message=message,
+                next_retry_at=next_retry_at.replace(tzinfo=None) if next_retry_at else None,
+                only_if_active=only_if_active,
+            )
+    except UnavailableError as exc:
+        log.error("job %s: could not record the failed attempt in PostgreSQL: %s", job.id, exc)
+        audit_error = exc
+    if failed is not None and failed.status == "completed":
+        log.info("job %s had completed; its late failure (%s) changes nothing", job.id, reason)
+        return "completed"
+    attempt = failed.attempt if failed is not None else None
+    dead_lettered = False
+    if final:
+        history = failed.history if failed is not None else []
+        dead_lettered = deadletter.add(
+            connection,
+            settings.queue,
+            deadletter.make_entry(
+                job_id=job.id,
+                plan_id=plan_id,
+                queue=settings.queue,
+                reason=reason,
+                error_type=error_type,
+                message=message,
+                traceback_text=traceback_text,
+                payload=_payload_of(job),
+                history=history,
+            ),
+            retention=settings.dlq_retention,
+        )
+        if attempt is None and history:
+            attempt = int(history[-1]["attempt"])
+    recorded = (failed is not None and failed.attempt is not None) or dead_lettered
+    if recorded or audit_error is not None:
+        data: dict[str, Any] = {
+            "final": final,
+            "reason": reason,
+            "error": {"type": error_type, "message": message},
+        }
+        if next_retry_at is not None:
+            data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
+        event = events.make(events.FAILED, job.id, plan_id, attempt, data)
+        events.emit(connection, settings, event)
+    if audit_error is not None:
+        raise audit_error
+    return "recorded" if recorded else "duplicate"

@@ -1,0 +1,411 @@
+"""Worker processes: RQ workers on phase1's queues, always with a scheduler, with a bounded
+graceful shutdown (phase1.runtime.shutdown), a work loop that outlives Redis outages, and periodic
+maintenance (maintenance.py: the reconciler, and any task added in `maintenance_tasks`)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Worker
+from rq.defaults import DEFAULT_WORKER_TTL
+from rq.exceptions import StopRequested
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from phase1 import keys
+from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
+from phase1.engine.leftbehind import PutsBackLeftBehind
+from phase1.engine.worker import FastWorker
+from phase1.errors import UnavailableError
+from phase1.runtime import reconcile, shutdown, sweep
+from phase1.runtime.maintenance import Maintenance
+from phase1.runtime.startup_checks import run_startup_checks
+from phase1.runtime.supervisor import supervise
+from phase1.settings import redact_url
+
+if TYPE_CHECKING:
+    from rq.executions import Execution
+    from rq.queue import Queue
+
+__all__ = ["Phase1ForkingWorker", "Phase1Worker", "run", "supervise"]
+
+log = logging.getLogger(__name__)
+
+# RQ derives the blocking dequeue's timeout (ttl - 15 s) and the connection's socket timeout
+# (ttl - 5 s) from the worker TTL; its default of 420 s would let a hung Redis stall a worker
+# for seven minutes. 20 s: the dequeue wakes every 5 s (to run maintenance when due), and a
+# command to a hung Redis fails after 15 s.
+WORKER_TTL = 20
+HORSE_KILL_GRACE = 5.0  # after interrupting a work horse, before SIGKILL
+HARD_EXIT_GRACE = 10.0  # after interrupting an in-process job that ignores it, before exiting
+MAX_BACKOFF = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Abandoned-job detection (RQ's StartedJobRegistry cleanup, run in worker maintenance) sees a
+# job once its execution's heartbeat TTL has passed; see get_heartbeat_ttl below.
+DEFAULT_JOB_TIMEOUT = 180  # RQ's Queue.DEFAULT_TIMEOUT
+CALLBACK_TIMEOUT = 10  # phase1's on_failure gets max(10, job timeout)
+HEARTBEAT_MARGIN = 10
+JOB_MONITORING_INTERVAL = 5
+
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+_forking_horse = False
+_fork_hook_installed = False
+
+
+def _die_with_parent() -> None:
+    """In a child the worker forks (RQ's scheduler), ask Linux for SIGTERM when the worker
+    dies: an orphaned scheduler would keep the worker's inherited PostgreSQL sockets open, so
+    a killed worker's open transaction would hold its locks until the server's idle timeout.
+    Work horses are left out: one whose worker was killed still finishes its job."""
+    if _forking_horse or not sys.platform.startswith("linux"):
+        return
+    _close_inherited_redis_sockets()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _close_inherited_redis_sockets() -> None:
+    """Close (in this child only: redis-py shuts a socket down only in the process that
+    opened it) the worker's Redis sockets. While a copy stays open, Redis does not see a
+    killed worker go: it would serve the dead worker's blocking dequeue a job that then
+    reaches nobody. The child's clients open connections of their own."""
+    for pool in list(redis_pools):
+        connections = [
+            *getattr(pool, "_available_connections", []),
+            *getattr(pool, "_in_use_connections", []),
+        ]
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
+
+
+def _install_fork_hook() -> None:
+    global _fork_hook_installed
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_die_with_parent)
+        _fork_hook_installed = True
+
+
+class _Phase1Base(PutsBackLeftBehind):
+    """What both phase1 worker classes add to RQ's: JSON, the bounded shutdown, Redis outages."""
+
+    def __init__(self, *args: Any, shutdown_timeout: float | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs["job_class"] = kwargs.get("job_class") or shutdown.InterruptibleJob
+        kwargs.setdefault("worker_ttl", WORKER_TTL)
+        super().__init__(*args, **kwargs)
+        redis_pools.add(self.connection.connection_pool)  # also under `rq worker -w`
+        self.shutdown_timeout = shutdown_timeout
+        self._job_in_hand: tuple[Job, Queue] | None = None
+        self._deadline: shutdown.Deadline | None = None
+
+    # -- the work loop, restarted after a Redis outage ------------------------------------
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """RQ's work loop (same arguments); when it ends on an error (RQ quits on most Redis
+        errors) rather than a stop request, wait for Redis with backoff and run it again."""
+        burst = bool(args[0] if args else kwargs.get("burst", False))
+        if self.shutdown_timeout is None:  # under plain `rq worker -w ...`: from the env
+            from phase1.context import for_worker_process
+
+            self.shutdown_timeout = for_worker_process().settings.shutdown_timeout
+        shutdown.install_interrupt_handler()
+        _install_fork_hook()
+        worked, backoff = False, 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                worked = bool(super().work(*args, **kwargs)) or worked
+            except StopRequested:
+                return worked
+            except RedisError as exc:  # raised by RQ's bootstrap or teardown
+                self.log.error("Worker %s: Redis error outside the work loop: %s", self.name, exc)
+            if burst or self._stop_requested:
+                return worked
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            self.log.warning("Worker %s: work loop stopped on an error; restarting it", self.name)
+            try:
+                self._await_redis(backoff)
+            except StopRequested:
+                return worked
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _await_redis(self, backoff: float) -> None:
+        """Sleep, then ping Redis until it answers (a stop request interrupts the sleep)."""
+        while True:
+            time.sleep(backoff)
+            try:
+                self.connection.ping()
+            except RedisError as exc:
+                self.log.error("Worker %s: Redis still unavailable: %s", self.name, exc)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            # A registration that survived the outage would make RQ refuse to start again.
+            with contextlib.suppress(RedisError):
+                self.register_death()  # type: ignore[no-untyped-call]
+            return
+
+    def teardown(self) -> None:
+        """RQ's teardown, each step on its own, so a dead Redis cannot leave the pubsub thread
+        or the scheduler process running."""
+        if self.is_horse:
+            return
+        if self.scheduler:
+            with contextlib.suppress(OSError):
+                self.stop_scheduler()  # type: ignore[no-untyped-call]
+        try:
+            self.register_death()  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            self.log.warning("Worker %s: could not register its death: %s", self.name, exc)
+        if self.pubsub_thread:
+            with contextlib.suppress(RedisError):
+                self.pubsub.unsubscribe()
+            self.pubsub_thread.stop()
+            self.pubsub_thread.join(timeout=1)
+            with contextlib.suppress(RedisError):
+                self.pubsub.close()
+            self.pubsub_thread = None
+
+    # -- knowing whether a job is in hand --------------------------------------------------
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self._job_in_hand = result
+        return result
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._job_in_hand = None
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+    def _busy(self) -> bool:
+        return self._job_in_hand is not None or self.get_state() == WorkerStatus.BUSY
+
+    # -- the bounded shutdown ---------------------------------------------------------------
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """First SIGTERM/SIGINT: take no more jobs; the job in hand has `shutdown_timeout`
+        seconds to finish before it is interrupted and put back on the queue."""
+        self._shutdown_requested_date = now()
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        if not self._busy():
+            self.log.info("Worker %s: stopping (idle)", self.name)
+            raise StopRequested()
+        job = self._job_in_hand[0].id if self._job_in_hand else "?"
+        self.log.warning(
+            "Worker %s: stopping; job %s has %s s to finish, then goes back on the queue "
+            "(signal again to interrupt it now)",
+            self.name,
+            job,
+            self.shutdown_timeout,
+        )
+        with contextlib.suppress(RedisError):
+            self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+        self._deadline = shutdown.Deadline(self._deadline_steps(float(self.shutdown_timeout or 0)))
+        self._deadline.start()
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A later signal interrupts the job now (RQ's cold shutdown would leave it `started`).
+        A repeat within a second is the same stop delivered twice (a terminal and a
+        supervisor both signalling) and is ignored."""
+        assert self._shutdown_requested_date is not None
+        if now() - self._shutdown_requested_date < timedelta(seconds=1) or not self._busy():
+            return
+        self.log.warning("Worker %s: second stop signal; interrupting the job now", self.name)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = shutdown.Deadline(self._deadline_steps(0.0))
+        self._deadline.start()
+
+    def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
+        raise NotImplementedError
+
+    def _finalize_failure(
+        self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo
+    ) -> None:
+        """An interrupted job is no failure: put it back instead (RQ would retry or fail it)."""
+        if shutdown.is_interrupt(exc_info[0]):
+            shutdown.requeue_interrupted(self, job, queue, execution)
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
+
+
+class Phase1Worker(_Phase1Base, FastWorker):
+    """Runs jobs in its own process (no fork per job): pooled PostgreSQL connections stay
+    open across jobs. RQ's SIGALRM timeout still bounds each attempt.
+
+    Usable from plain rq too: `rq worker -w phase1.worker.Phase1Worker ...`.
+    """
+
+    # How long the job's execution counts as alive without news (FastWorker's rule: timeout +
+    # max(10, timeout) + 10). Nothing refreshes it while an in-process job runs, so it must
+    # cover the attempt (bounded by the job timeout) and its failure callback; RQ adds 60 s to
+    # the timeout, which left a killed worker's job `started` for over a minute before
+    # cleanup could see it.
+    heartbeat_ttl_rule = (
+        DEFAULT_JOB_TIMEOUT,
+        1,
+        CALLBACK_TIMEOUT,
+        HEARTBEAT_MARGIN,
+        DEFAULT_WORKER_TTL,
+    )
+
+    def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
+        return [(after, shutdown.interrupt_main_thread), (HARD_EXIT_GRACE, self._give_up)]
+
+    def _give_up(self) -> None:
+        """The job ignored the interrupt (stuck outside Python): put it back and exit."""
+        self.log.error("Worker %s: the job did not stop; requeueing it and exiting", self.name)
+        if self._job_in_hand is not None:
+            job, queue = self._job_in_hand
+            with contextlib.suppress(Exception):
+                shutdown.requeue_interrupted(self, job, queue, self.execution)
+        with contextlib.suppress(Exception):
+            self.hand_back_taken()
+        os._exit(1)
+
+
+class Phase1ForkingWorker(_Phase1Base, Worker):
+    """RQ's forking worker (a fresh work horse per job), for jobs that need isolation.
+
+    The horse ignores SIGINT/SIGTERM (the worker decides when to stop it, also under systemd's
+    KillMode=control-group) and turns INTERRUPT_SIGNAL into ShutdownInterrupt.
+    """
+
+    _killed_for_shutdown: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # issue 3: a horse killed without reporting still gets its attempt recorded.
+        kwargs.setdefault("work_horse_killed_handler", sweep.on_horse_killed)
+        # The worker heartbeats its horse's execution this often (RQ: every 30 s).
+        kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
+        super().__init__(*args, **kwargs)
+        import phase1.db  # noqa: F401 -- each horse forks with psycopg loaded, not importing it
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Until the next heartbeat plus a margin (RQ adds 60 s): a killed worker's job is
+        seen as abandoned within seconds of its last heartbeat."""
+        remaining = (job.timeout or DEFAULT_JOB_TIMEOUT) - working_time
+        return int(max(1, min(remaining, self.job_monitoring_interval)) + HEARTBEAT_MARGIN)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        global _forking_horse
+        _forking_horse = True
+        try:
+            super().fork_work_horse(job, queue)
+        finally:
+            _forking_horse = False
+
+    def setup_work_horse_signals(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        shutdown.install_interrupt_handler()
+
+    def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
+        return [(after, self._interrupt_horse), (HORSE_KILL_GRACE, self._kill_horse_for_shutdown)]
+
+    def _interrupt_horse(self) -> None:
+        if self.horse_pid and self._job_in_hand is not None:
+            # Set first: a horse that dies of the signal itself is an interruption too.
+            self._killed_for_shutdown = self._job_in_hand[0].id
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.horse_pid, shutdown.INTERRUPT_SIGNAL)
+
+    def _kill_horse_for_shutdown(self) -> None:
+        if self.horse_pid:
+            self.log.error("Worker %s: work horse ignored the interrupt; killing it", self.name)
+            shutdown.kill_process_group(self.horse_pid)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        if job.id != self._killed_for_shutdown:
+            super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        if job.id == self._killed_for_shutdown and not self.is_horse:
+            shutdown.requeue_interrupted(self, job, queue, execution)
+            return
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
+
+def queue_names(ctx: Phase1) -> list[str]:
+    return [ctx.settings.queue, keys.webhook_queue(ctx.settings.queue)]
+
+
+def build_worker(ctx: Phase1, *, fork: bool = False, name: str | None = None) -> _Phase1Base:
+    """A phase1 worker on the job and webhook queues, on a Redis connection of its own (RQ
+    raises that connection's socket timeout for its blocking dequeue)."""
+    worker_class: type[_Phase1Base] = Phase1ForkingWorker if fork else Phase1Worker
+    connection: Redis = redis_client(ctx.redis_url)
+    return worker_class(
+        queue_names(ctx),
+        connection=connection,
+        name=name,
+        shutdown_timeout=ctx.settings.shutdown_timeout,
+        # RQ's own maintenance (abandoned jobs, a dead scheduler restarted) at least every 15 s.
+        maintenance_interval=int(max(1, min(ctx.settings.reconcile_interval, 15))),
+    )
+
+
+def maintenance_tasks(ctx: Phase1) -> Maintenance:
+    """The periodic tasks every `phase1 worker` runs beside its work loop."""
+    maintenance = Maintenance()
+    maintenance.add(
+        "reconcile", ctx.settings.reconcile_interval, lambda: reconcile.run_periodically(ctx)
+    )
+    return maintenance
+
+
+def run(
+    ctx: Phase1,
+    *,
+    burst: bool = False,
+    fork: bool = False,
+    name: str | None = None,
+    checks: bool = True,
+) -> bool:
+    """Run one worker in this process until stopped (or, with `burst`, until queues drain)."""
+    install_worker_context(ctx)
+    try:
+        if checks:
+            run_startup_checks(ctx, expect_scheduler=False)
+        worker = build_worker(ctx, fork=fork, name=name)
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
+        ) from exc
+    maintenance = maintenance_tasks(ctx)
+    maintenance.start()
+    sweeper = sweep.start(ctx)  # orphaned jobs of dead workers, found in seconds
+    try:
+        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    finally:
+        sweeper.stop()
+        maintenance.stop()
