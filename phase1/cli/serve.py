@@ -17,9 +17,6 @@ from phase1 import db
 from phase1.cli.common import EXIT_USAGE, fail, state, stderr
 from phase1.settings import Settings, redact_url
 
-# waitress buffers a whole request before the app sees it; bodies above this are refused by
-# waitress itself (plain text). The app answers JSON 413 from 64 KiB up to here.
-MAX_REQUEST_BODY = 1024 * 1024
 RESTART_DELAY = 1.0  # seconds before a crashed worker process is started again
 
 HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on.")
@@ -40,22 +37,12 @@ def _stop_on_sigterm() -> None:
 
 def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
     """Serve the API on waitress until SIGINT/SIGTERM, then close the connections."""
-    import waitress
-
     from phase1.http import create_app
+    from phase1.http.server import create_server
 
     app = create_app(settings, threads=threads)
     try:
-        server = waitress.create_server(
-            app,
-            host=host,
-            port=port,
-            threads=threads,
-            ident="phase1",
-            max_request_body_size=MAX_REQUEST_BODY,
-            channel_timeout=60,
-            expose_tracebacks=False,
-        )
+        server = create_server(app, host=host, port=port, threads=threads)
     except OSError as exc:
         app.close()
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -90,7 +77,8 @@ def serve(
     """Serve the HTTP API (approval, job polling, health, metrics, OpenAPI) on waitress.
 
     Starts even when Redis or PostgreSQL is down: requests then answer 503 and /readyz says
-    which one. Ctrl-C or SIGTERM stops it after the requests in flight.
+    which one. Ctrl-C or SIGTERM stops it after the
+    requests in flight.
     Example: phase1 serve --port 8000
     """
     run_server(state(ctx).resolved(), host, port, threads)
