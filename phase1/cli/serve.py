@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -35,6 +36,30 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def open_api_warning(settings: Settings, addresses: list[str]) -> str | None:
+    """The warning for an API without a token: what is open, and to whom."""
+    if settings.api_token is not None:
+        return None
+    warning = (
+        "warning: PHASE1_API_TOKEN is not set: the /api/ routes need no token, so any client "
+        "can approve and reject plans"
+    )
+    exposed = [address for address in addresses if not is_loopback(address)]
+    if exposed:
+        warning += (
+            f"; listening on {', '.join(exposed)}, which is not loopback: anyone who can reach "
+            "it can approve plans. Set PHASE1_API_TOKEN"
+        )
+    return warning
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
     """Serve the API on waitress until SIGINT/SIGTERM, then close the connections."""
     from phase1.http import create_app
@@ -50,6 +75,10 @@ def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
         app.close()
         raise fail(f"invalid --host {host!r}: not an address of this machine", EXIT_USAGE) from None
     _stop_on_sigterm()
+    addresses = [str(s.effective_host) for s in [server, *server.siblings]]
+    warning = open_api_warning(settings, addresses)
+    if warning is not None:
+        stderr().print(warning, markup=False, highlight=False)
     stderr().print(
         f"phase1: serving http://{host}:{server.effective_port} ({threads} threads; "
         f"Redis {redact_url(settings.redis_url or '')}, "
@@ -77,8 +106,8 @@ def serve(
     """Serve the HTTP API (approval, job polling, health, metrics, OpenAPI) on waitress.
 
     Starts even when Redis or PostgreSQL is down: requests then answer 503 and /readyz says
-    which one. Ctrl-C or SIGTERM stops it after the
-    requests in flight.
+    which one. Without PHASE1_API_TOKEN it warns that the /api/ routes are open. Ctrl-C or
+    SIGTERM stops it after the requests in flight.
     Example: phase1 serve --port 8000
     """
     run_server(state(ctx).resolved(), host, port, threads)
@@ -165,6 +194,7 @@ def up(
     With no REDIS_URL/DATABASE_URL and nothing on the default addresses it runs embedded
     Redis and PostgreSQL. Crashed workers are started again; Ctrl-C or SIGTERM stops the
     server, then the workers (each finishes its job first, up to PHASE1_SHUTDOWN_TIMEOUT).
+    Without PHASE1_API_TOKEN it warns that the /api/ routes are open.
     Example: phase1 up --processes 2 --port 8000
     """
     settings = state(ctx).resolved()
