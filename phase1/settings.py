@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from phase1.errors import ConfigError
 from phase1.keys import EVENT_TYPES as TYPES
+from phase1.redact import redact_url
+
+__all__ = ["Settings", "env_name", "load_settings", "redact_url"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/phase1"
@@ -104,14 +107,14 @@ class Settings(BaseSettings):
         for url in urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"{url!r} is not an http(s) URL")
+                raise ValueError(f"{redact_url(url)!r} is not an http(s) URL")
         return urls
 
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if url is not None:
+            check_redis_url(url)
         return url
 
     @field_validator("database_url")
@@ -120,12 +123,11 @@ class Settings(BaseSettings):
         if url is None:
             return url
         if "://" in url:
-            if urlsplit(url).scheme not in ("postgresql", "postgres"):
-                raise ValueError("must start with postgresql:// (or be a libpq key=value string)")
+            check_database_url(url)  # psycopg is not loaded for a URL (workers start faster)
             return url
         from psycopg.conninfo import conninfo_to_dict  # psycopg only for such a string
 
-        try:  # a libpq "host=... dbname=..." string is fine too
+        try:  # libpq's own parser; its message may quote the value, so it is not shown
             conninfo_to_dict(url)
         except Exception:
             raise ValueError(
@@ -195,17 +197,93 @@ def load_settings(**overrides: Any) -> Settings:
         field = str(first["loc"][0]) if first["loc"] else ""
         name = env_name(field.lower()) if field and field not in ENV_NAMES.values() else field
         message = first["msg"].removeprefix("Value error, ")
-        given = first.get("input")
-        shown = f" (got {given!r})" if isinstance(given, str | int | float) and name else ""
+        shown = _shown_input(name, first.get("input"))
         where = f"{name}: " if name else ""
         raise ConfigError(f"invalid setting {where}{message}{shown}") from None
 
 
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+# Settings whose value is a secret, or may hold one (a password inside a URL).
+SECRET_SETTINGS = frozenset({"PHASE1_API_TOKEN", "PHASE1_WEBHOOK_SECRET"})
+URL_SETTINGS = frozenset({"REDIS_URL", "DATABASE_URL", "PHASE1_WEBHOOK_URLS"})
+
+
+def _shown_input(name: str, given: Any) -> str:
+    """` (got ...)` for a refused value: URLs with their secrets hidden, secrets never."""
+    if not name or name in SECRET_SETTINGS or not isinstance(given, str | int | float):
+        return ""
+    if name in URL_SETTINGS and isinstance(given, str):
+        given = ",".join(redact_url(part) for part in given.split(","))
+    return f" (got {given!r})"
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+REDIS_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+REDIS_URL_FORM = "redis://[[user]:password@]host[:port][/db]"
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a REDIS_URL that redis-py would refuse, misread, or fail on at first use.
+
+    Each ValueError says what is wrong without quoting the URL (it may hold a password)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+    try:
+        parts = urlsplit(url)
+        port = None if scheme in ("unix", SENTINEL_SCHEME) else parts.port
+    except ValueError:  # an unbalanced [ in the host, a port that is not a number
+        raise ValueError(f"has a malformed host or port (expected {REDIS_URL_FORM})") from None
+    if scheme == SENTINEL_SCHEME:
+        _check_sentinel(parts.netloc.rsplit("@", 1)[-1], parts.path)
+    elif scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// needs the socket's path, as in unix:///run/redis.sock")
+    else:
+        if port is None and parts.netloc.rsplit("@", 1)[-1].endswith(":"):
+            raise ValueError(f"has an empty port (expected {REDIS_URL_FORM})")
+        db = unquote(parts.path).strip("/")
+        if db and not db.isdigit():
+            raise ValueError("names a database that is not a number (the path is /<db>)")
+    if scheme != SENTINEL_SCHEME:
+        from redis.connection import ConnectionPool  # redis-py's own reading, as it will use it
+
+        try:
+            ConnectionPool.from_url(url).make_connection()
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"has an option redis-py does not accept (expected {REDIS_URL_FORM})"
+            ) from None
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a postgresql:// URL whose authority libpq and a URL parser would read apart.
+
+    Each ValueError says what is wrong without quoting the URL (it may hold a password)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError("must start with postgresql:// (or be a libpq key=value string)")
+    # libpq looks for the credentials' '@' up to the first '/'; a '?' or '#' before it would
+    # make it read a password where other parsers read a host.
+    authority = rest.split("/", 1)[0]
+    if "@" in authority and any(mark in authority for mark in "?#"):
+        raise ValueError("has a '?' or '#' in its user or password: percent-encode them")
+    for host in authority.rsplit("@", 1)[-1].split(","):
+        port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host else ""
+        if ":" in host.rsplit("]", 1)[-1] and not (port.isdigit() and int(port) <= 65535):
+            raise ValueError("has a port that is not a number from 0 to 65535")
+
+
+def _check_sentinel(hosts: str, path: str) -> None:
+    for host in hosts.split(","):
+        name, colon, port = host.rpartition(":")
+        if not (colon and name and port.isdigit() and int(port) <= 65535):
+            raise ValueError(
+                "lists a Sentinel that is not host:port "
+                "(expected redis+sentinel://[[user]:password@]host:port[,host:port...]"
+                "/service_name[/db])"
+            )
+    service, _, db = unquote(path).strip("/").partition("/")
+    if not service:
+        raise ValueError("names no service (the path is /service_name[/db])")
+    if db and not db.isdigit():
+        raise ValueError("names a database that is not a number (the path is /service_name/<db>)")

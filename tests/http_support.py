@@ -354,3 +354,16 @@ def pg_address(database_url: str) -> tuple[str, int] | str:
     params = conninfo_to_dict(database_url)
     host, port = str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
     return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def raw_request(port: int, data: bytes, *, timeout: float = 10) -> Response:
+    """Send `data` as it is on a new connection and read one answer (for requests that
+    http.client would refuse to send: bad framing, huge headers, hostile bodies)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        body = answer.read()
+    headers = {k.lower(): v for k, v in answer.getheaders()}
+    return Response(answer.status, headers, body, time.monotonic() - started)

@@ -41,6 +41,7 @@ import typer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -108,7 +109,8 @@ def fancy(console: Console) -> bool:
 
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
-    stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # The message is text, not markup: a URL's "[/db]" or a "[" in a value must print as is.
+    stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 

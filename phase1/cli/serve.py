@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -17,9 +18,6 @@ from phase1 import db
 from phase1.cli.common import EXIT_USAGE, fail, state, stderr
 from phase1.settings import Settings, redact_url
 
-# waitress buffers a whole request before the app sees it; bodies above this are refused by
-# waitress itself (plain text). The app answers JSON 413 from 64 KiB up to here.
-MAX_REQUEST_BODY = 1024 * 1024
 RESTART_DELAY = 1.0  # seconds before a crashed worker process is started again
 
 HOST_OPTION = typer.Option("127.0.0.1", "--host", help="Address to listen on.")
@@ -38,24 +36,38 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def open_api_warning(settings: Settings, addresses: list[str]) -> str | None:
+    """The warning for an API without a token: what is open, and to whom."""
+    if settings.api_token is not None:
+        return None
+    warning = (
+        "warning: PHASE1_API_TOKEN is not set: the /api/ routes need no token, so any client "
+        "can approve and reject plans"
+    )
+    exposed = [address for address in addresses if not is_loopback(address)]
+    if exposed:
+        warning += (
+            f"; listening on {', '.join(exposed)}, which is not loopback: anyone who can reach "
+            "it can approve plans. Set PHASE1_API_TOKEN"
+        )
+    return warning
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
     """Serve the API on waitress until SIGINT/SIGTERM, then close the connections."""
-    import waitress
-
     from phase1.http import create_app
+    from phase1.http.server import create_server
 
     app = create_app(settings, threads=threads)
     try:
-        server = waitress.create_server(
-            app,
-            host=host,
-            port=port,
-            threads=threads,
-            ident="phase1",
-            max_request_body_size=MAX_REQUEST_BODY,
-            channel_timeout=60,
-            expose_tracebacks=False,
-        )
+        server = create_server(app, host=host, port=port, threads=threads)
     except OSError as exc:
         app.close()
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -63,6 +75,10 @@ def run_server(settings: Settings, host: str, port: int, threads: int) -> None:
         app.close()
         raise fail(f"invalid --host {host!r}: not an address of this machine", EXIT_USAGE) from None
     _stop_on_sigterm()
+    addresses = [str(s.effective_host) for s in [server, *server.siblings]]
+    warning = open_api_warning(settings, addresses)
+    if warning is not None:
+        stderr().print(warning, markup=False, highlight=False)
     stderr().print(
         f"phase1: serving http://{host}:{server.effective_port} ({threads} threads; "
         f"Redis {redact_url(settings.redis_url or '')}, "
@@ -90,7 +106,8 @@ def serve(
     """Serve the HTTP API (approval, job polling, health, metrics, OpenAPI) on waitress.
 
     Starts even when Redis or PostgreSQL is down: requests then answer 503 and /readyz says
-    which one. Ctrl-C or SIGTERM stops it after the requests in flight.
+    which one. Without PHASE1_API_TOKEN it warns that the /api/ routes are open. Ctrl-C or
+    SIGTERM stops it after the requests in flight.
     Example: phase1 serve --port 8000
     """
     run_server(state(ctx).resolved(), host, port, threads)
@@ -177,6 +194,7 @@ def up(
     With no REDIS_URL/DATABASE_URL and nothing on the default addresses it runs embedded
     Redis and PostgreSQL. Crashed workers are started again; Ctrl-C or SIGTERM stops the
     server, then the workers (each finishes its job first, up to PHASE1_SHUTDOWN_TIMEOUT).
+    Without PHASE1_API_TOKEN it warns that the /api/ routes are open.
     Example: phase1 up --processes 2 --port 8000
     """
     settings = state(ctx).resolved()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 from phase1.errors import InvalidInputError
@@ -27,6 +28,34 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (1e999) is refused, not infinity."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return number
+
+
+def _float_sized_int(text: str) -> int:
+    """A JSON integer, refused when a float could not hold it (other parsers read infinity)."""
+    number = int(text)
+    try:
+        float(number)
+    except OverflowError:
+        raise ValueError(f"the number {text[:40]}... is too large") from None
+    return number
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key appears twice: parsers differ on which one wins."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        document[key] = value
+    return document
+
+
 def read_json_object(environ: dict[str, Any]) -> dict[str, Any]:
     """The request body as a JSON object, or HttpError/InvalidInputError saying what is wrong."""
     media = media_type(environ.get("CONTENT_TYPE", ""))
@@ -47,7 +76,13 @@ def read_json_object(environ: dict[str, Any]) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidInputError("request body is not UTF-8 text") from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_float_sized_int,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as exc:
         raise InvalidInputError(
             f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"

@@ -43,6 +43,7 @@ STATUS_CODES: dict[int, str] = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    431: "header_too_large",
     500: "internal_error",
     503: "unavailable",
 }
@@ -100,10 +101,34 @@ def from_exception(exc: Exception) -> bottle.HTTPResponse:
             log.error("request failed: %s", exc, exc_info=exc)
             return error_response(status, code, INTERNAL_MESSAGE)
         if status == 503:
-            log.warning("answering 503: %s", exc)
+            log.warning("answering 503: %s", exc)  # the address is for the operator alone
+            return error_response(status, code, unavailable_message(exc))
         return error_response(status, code, str(exc))
     log.error("unexpected error in a request", exc_info=exc)
     return error_response(500, "internal_error", INTERNAL_MESSAGE)
+
+
+def unavailable_message(exc: BaseException) -> str:
+    """What a client is told about an outage: the service and what to do, never its address,
+    user or database (those are in the server's log)."""
+    return (
+        f"{service_of(exc)} is unavailable; retry in {RETRY_AFTER} s (see Retry-After); "
+        "the details are in the server's log"
+    )
+
+
+def service_of(exc: BaseException) -> str:
+    """ "Redis" or "PostgreSQL": the service whose driver raised `exc` or one of its causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        package = type(seen).__module__.split(".")[0]
+        if package in ("redis", "rq"):
+            return "Redis"
+        if package in ("psycopg", "psycopg_pool"):
+            return "PostgreSQL"
+        seen = seen.__cause__ or seen.__context__
+    named = [(str(exc).find(name), name) for name in ("PostgreSQL", "Redis") if name in str(exc)]
+    return min(named)[1] if named else "A service this server needs"
 
 
 def bottle_error(res: bottle.HTTPError) -> bytes:

@@ -36,7 +36,32 @@ def test_503_says_when_to_retry() -> None:
     answer = from_exception(errors.UnavailableError("Redis is down"))
     assert answer.status_code == 503
     assert int(answer.headers["Retry-After"]) > 0
-    assert json.loads(answer.body) == {"error": {"code": "unavailable", "message": "Redis is down"}}
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "unavailable"
+    assert error["message"].startswith("Redis is unavailable; retry in")
+
+
+def test_503_names_the_service_but_not_its_address() -> None:
+    from psycopg_pool import PoolTimeout
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from phase1 import db
+    from phase1.context import redis_unavailable
+
+    redis = redis_unavailable(
+        "redis://someone:pw@cache.internal:6380/3", RedisConnectionError("Error 111 connecting")
+    )
+    try:
+        with db.translate_errors("host=pg.internal user=app password=pw dbname=plans"):
+            raise PoolTimeout("no connection")
+    except errors.UnavailableError as exc:
+        postgres = exc
+    for exc, service in ((redis, "Redis"), (postgres, "PostgreSQL")):
+        assert "pw" not in str(exc)  # the log line: the address, no secret
+        message = json.loads(from_exception(exc).body)["error"]["message"]
+        assert message.startswith(f"{service} is unavailable"), message
+        for detail in ("internal", "someone", "app", "plans", "6380", "pw"):
+            assert detail not in message, message
 
 
 def environ(raw: bytes, content_type: str = "application/json", **extra: Any) -> dict[str, Any]:
