@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from phase1.errors import ConfigError
 from phase1.eventtypes import TYPES
+from phase1.redisconn import is_sentinel_url, parse_sentinel_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/phase1"
@@ -110,8 +112,13 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if url is None:
+            return url
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)  # its ValueError names what is wrong
+            return url
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return url
 
     @field_validator("database_url")
@@ -204,6 +211,10 @@ def load_settings(**overrides: Any) -> Settings:
 def redact_url(url: str) -> str:
     """`url` with any password replaced by `***`, for messages and logs."""
     parts = urlsplit(url)
+    if "sentinel_password=" in parts.query:  # a redis+sentinel:// URL's sentinels' password
+        query = re.sub(r"(sentinel_password=)[^&]*", r"\1***", parts.query)
+        parts = parts._replace(query=query)
+        url = urlunsplit(parts)
     if parts.password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
