@@ -46,12 +46,23 @@ SQL_OPEN_ATTEMPT = executions.SQL_START_ATTEMPT_ASYNC.removesuffix(_START_SELECT
 # When the job was completed meanwhile (`go` false) nothing is created or completed, and the
 # attempt is closed all the same (it did nothing).
 _INSERT = plans.SQL_INSERT_TASKS_GUARDED.format(guard="WHERE (SELECT ok FROM go)\n")
-SQL_LOCK = "SELECT 1 FROM marketplace_job_executions WHERE job_id = %(job_id)s FOR UPDATE"
+# The lock, and (in the same round trip) a bound on how long the transaction may sit idle
+# holding it: a worker cut off from the network mid-job leaves its session open, and the
+# server would keep the row locked, blocking the worker that takes the job over, until TCP
+# noticed (hours). Transaction-local: other transactions keep the pool's setting.
+SQL_LOCK = """
+SELECT set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true)
+FROM marketplace_job_executions WHERE job_id = %(job_id)s FOR UPDATE
+"""
 SQL_CREATE_AND_COMPLETE = f"""
 WITH cur AS (
   SELECT status, result FROM marketplace_job_executions WHERE job_id = %(job_id)s
 ), go AS (
-  SELECT NOT EXISTS (SELECT 1 FROM cur WHERE status = 'completed') AS ok
+  -- Not completed, and this attempt still the current one: a worker given up for dead (the
+  -- orphan sweep closed its attempt, another worker opened the next) must not complete it.
+  SELECT NOT EXISTS (SELECT 1 FROM cur WHERE status = 'completed')
+     AND EXISTS (SELECT 1 FROM marketplace_job_attempts
+                 WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND status = 'active') AS ok
 ), ins AS ({_INSERT}RETURNING id, position, created_at
 ), old AS (
   SELECT id, position, created_at FROM marketplace_tasks
@@ -72,7 +83,8 @@ WITH cur AS (
         FROM res)
   WHERE job_id = %(job_id)s AND (SELECT ok FROM go)
 )
-SELECT (SELECT ok FROM go) AS ran, (SELECT result FROM cur) AS earlier, created, ids FROM res
+SELECT (SELECT ok FROM go) AS ran, (SELECT result FROM cur) AS earlier,
+       (SELECT status FROM cur) AS status, created, ids FROM res
 """
 
 
@@ -87,10 +99,12 @@ class Started:
 @dataclass(frozen=True)
 class Outcome:
     """What `create_tasks` did: the job's result, and whether this run did the work (False:
-    a concurrent run of the same job had completed it; this attempt was closed)."""
+    a concurrent run of the same job had completed it; this attempt was closed), or was
+    refused because its attempt is no longer the current one (`superseded`)."""
 
     result: dict[str, Any]
     ran: bool
+    superseded: bool = False
 
 
 def open_attempt(
@@ -106,16 +120,20 @@ def open_attempt(
     return Started(int(row["attempt"]), row if row["plan_id"] is not None else None)
 
 
-def create_tasks(conn: Conn, job_id: str, started: Started, plan_id: UUID) -> Outcome:
+def create_tasks(
+    conn: Conn, job_id: str, started: Started, plan_id: UUID, *, idle_timeout_ms: int = 5000
+) -> Outcome:
     """In the caller's transaction: create the plan's Phase 1 tasks and complete the job's
     attempt. A missing plan or an unusable analysis raises PermanentJobError (before anything
-    is sent)."""
+    is sent). The transaction may sit idle `idle_timeout_ms` at most (the server ends the
+    session then), so a cut-off worker cannot hold the job's row locked."""
     params = plans.task_params(plan_id, started.plan)
     params.update(job_id=job_id, attempt=started.attempt, plan_text=str(plan_id))
-    conn.execute(SQL_LOCK, {"job_id": job_id})
+    conn.execute(SQL_LOCK, {"job_id": job_id, "idle_ms": str(max(1, idle_timeout_ms))})
     row = conn.execute(SQL_CREATE_AND_COMPLETE, params).fetchone()
     assert row is not None
     if not row["ran"]:
-        return Outcome(dict(row["earlier"] or {}), ran=False)
+        superseded = row["status"] != "completed"
+        return Outcome(dict(row["earlier"] or {}), ran=False, superseded=superseded)
     result = {"planId": str(plan_id), "tasksCreated": row["created"], "taskIds": row["ids"]}
     return Outcome(result, ran=True)

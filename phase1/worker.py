@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from phase1 import job as phase1_job
 from phase1 import keys, reconcile, shutdown, sweep
 from phase1.checks import run_startup_checks
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
@@ -243,9 +244,16 @@ class _Phase1Base(PutsBackLeftBehind):
     def _finalize_failure(
         self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo
     ) -> None:
-        """An interrupted job is no failure: put it back instead (RQ would retry or fail it)."""
+        """An interrupted job is no failure: put it back instead (RQ would retry or fail it).
+        Nor is the end of an attempt another worker took over while this one was cut off
+        (the orphan sweep gave it up for dead): the job is that worker's now, so this one
+        records its attempt as superseded and leaves RQ's state alone."""
         if shutdown.is_interrupt(exc_info[0]):
             shutdown.requeue_interrupted(self, job, queue, execution)
+            return
+        error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
+        note = f"worker {self.name} on {self.hostname} came back ({error[:500]})"
+        if phase1_job.superseded_here(job, note):
             return
         super()._finalize_failure(job, queue, execution, exc_info)
 
