@@ -21,6 +21,7 @@ from rq.serializers import JSONSerializer
 from phase1 import deadletter, keys
 from phase1.context import Phase1, redis_errors
 from phase1.db import Conn
+from phase1.redisconn import primary_address
 from phase1.schemas import UtcDatetime
 from phase1.settings import redact_url
 
@@ -123,6 +124,7 @@ class Snapshot(_Model):
 
     queue: str
     redis: str
+    redisPrimary: str | None = None  # host:port of the server answering (Sentinel: its primary)
     at: UtcDatetime
     queued: int
     scheduled: Scheduled
@@ -150,6 +152,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
         workers = _workers(ctx)
         scheduler = _scheduler(ctx)
         redis_settings = _redis_settings(ctx)
+        primary = primary_address(ctx.redis)
     with ctx.transaction() as conn:
         last_hour = _last_hour(conn, settings.queue)
         rows = _rows(conn, [job_id for job_id, _ in started])
@@ -157,6 +160,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
     snap = Snapshot(
         queue=settings.queue,
         redis=redact_url(ctx.redis_url),
+        redisPrimary=primary,
         at=at,
         queued=queued,
         scheduled=scheduled,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from http_support import FreezableProxy
 from redis import Redis
 from support import wait_until
 
@@ -29,7 +31,9 @@ class Sentinel:
             "sentinel resolve-hostnames no\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {SERVICE} 10000\n"
+            # Long: sentinels "fix" a replica that replicates from another address than the
+            # primary's (ours goes through the link) only after twice this.
+            f"sentinel failover-timeout {SERVICE} 120000\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -59,14 +63,31 @@ class Sentinel:
         self.proc = None
 
 
+class Link(FreezableProxy):
+    """The replication link: a proxy the replica replicates through. `freeze()` holds what the
+    primary sends; `sever()` then drops it, as a primary that dies before its replica read its
+    last writes loses them."""
+
+    def sever(self) -> None:
+        with self._lock:
+            opened = list(self.open)
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 class SentinelSet:
-    """One primary, one replica (asynchronous replication), three sentinels (quorum 2)."""
+    """One primary, one replica (asynchronous replication, through `link`), three sentinels
+    (quorum 2)."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
         self.primary = OwnRedis(home).start()
+        self.link = Link(("127.0.0.1", self.primary.port))
         self.replica = OwnRedis(
-            home, extra=("--replicaof", "127.0.0.1", str(self.primary.port))
+            home, extra=("--replicaof", "127.0.0.1", str(self.link.port))
         ).start()
         self.sentinels = [Sentinel(home, self.primary.port).start() for _ in range(3)]
         addresses = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
@@ -102,3 +123,5 @@ class SentinelSet:
             sentinel.close()
         self.replica.close()
         self.primary.close()
+        self.link.sever()
+        self.link.close()

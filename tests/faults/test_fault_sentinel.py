@@ -3,21 +3,26 @@ approval answered 202 still ends completed, once; PostgreSQL puts back what the 
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from http_support import Api, start_server
-from support import Processes, wait_until
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from support import PHASE1, Processes, inject_fault, settings_env, wait_until
 
 from faults.faultkit import FINAL, check_invariants, make_plans, start_worker, statuses
 from faults.sentinelkit import SentinelSet
-from phase1.context import build
+from phase1.context import Phase1, build
 from phase1.settings import Settings
 
 Record = Callable[[str, str, str, float | None], None]
@@ -29,6 +34,8 @@ COMPLETION_BOUND = 45.0
 PLANS = 120
 RATE = 12.0  # approvals a second, from a steady client
 KILL_AFTER = 3.0  # seconds into the load
+JOB_SECONDS = 0.2  # each job's time in PostgreSQL
+UNREPLICATED = 5  # approvals accepted after the replica stopped hearing from the primary
 
 
 @pytest.fixture
@@ -76,6 +83,8 @@ def test_kill_9_of_the_primary_under_load(
     settings = make_settings(redis_url=sentinels.url, job_timeout=5, orphan_after=4)
     ctx = build(settings, pool_size=4)
     plan_ids = make_plans(ctx, PLANS)
+    for plan_id in plan_ids:  # jobs a little slower than approvals come: a queue builds up
+        inject_fault(settings.database_url or "", plan_id, fail_times=0, sleep_s=JOB_SECONDS)
     for _ in range(2):
         start_worker(processes, settings, reconcile_interval=1, grace=1)
     api = start_server(processes, settings)
@@ -89,8 +98,19 @@ def test_kill_9_of_the_primary_under_load(
     sender = threading.Thread(target=load.run, daemon=True)
     sender.start()
     time.sleep(KILL_AFTER)  # a fault injected at a point in the load, not a wait on a state
+    # The replica stops hearing from the primary; approvals go on being accepted on the
+    # primary alone; then it dies, and what the replica never got is lost with it.
+    sentinels.link.freeze()
+    frozen_at = len(load.answers)
+    wait_until(
+        lambda: sum(a[2] == 202 for a in load.answers[frozen_at:]) >= UNREPLICATED,
+        timeout=30,
+        what="approvals accepted that the replica never sees",
+    )
+    unreplicated = [a[3] for a in load.answers[frozen_at:] if a[2] == 202 and a[3]]
     sentinels.primary.kill()
-    killed = time.monotonic()
+    sentinels.link.sever()
+    killed, killed_wall = time.monotonic(), datetime.now(UTC)
     sender.join(timeout=PLANS / RATE + 60)
     assert not sender.is_alive()
 
@@ -103,6 +123,7 @@ def test_kill_9_of_the_primary_under_load(
     assert back, "no approval succeeded after the failover"
     approvals_back = min(back) - killed
     wait_until(lambda: sentinels.primary_port() not in (None, old_port), timeout=30)
+    new_port = sentinels.primary_port()
 
     # Every 202 ends completed within the bound.
     def all_final() -> bool:
@@ -111,6 +132,20 @@ def test_kill_9_of_the_primary_under_load(
 
     wait_until(all_final, timeout=COMPLETION_BOUND, interval=0.2, what="accepted jobs final")
     last_done = time.monotonic() - killed
+    # The failover lost those approvals' jobs from Redis; PostgreSQL had them, and the
+    # reconciler put them back (their attempts ran on the new primary).
+    put_back = [j for j in unreplicated if enqueued_after(ctx, j, killed_wall)]
+    assert put_back, "no accepted job was lost with the primary: the scenario did not happen"
+
+    # `phase1 info` reads the new primary, and says which it is.
+    shown = subprocess.run(
+        [PHASE1, "info", "--json"],
+        env=settings_env(settings),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(shown.stdout)["redisPrimary"] == f"127.0.0.1:{new_port}"
     approved_202 = [plan_id for _, plan_id, status, _, _ in load.answers if status == 202]
     outcome = check_invariants(ctx, approved_202)
     assert outcome.completed == len(approved_202)
@@ -138,17 +173,26 @@ def test_kill_9_of_the_primary_under_load(
         f"kill -9 of the primary {KILL_AFTER:.0f} s into {PLANS} approvals at {RATE:.0f}/s, "
         f"2 workers; sent {len(load.answers)}, 202 {codes.get('202', 0)}, "
         f"503 {codes.get('503', 0)} ({len(recorded)} recorded)",
-        f"{outcome.completed} completed, 0 doubled, 0 stuck; approvals back after "
+        f"{outcome.completed} completed, 0 doubled, 0 stuck; {len(put_back)} jobs the "
+        f"replica never got put back by the reconciler; approvals back after "
         f"{approvals_back:.1f} s",
         last_done,
     )
     ctx.close()
 
 
-def statuses_of_plans(ctx: object, plan_ids: list[uuid.UUID]) -> dict[str, int]:
-    from phase1.context import Phase1
+def enqueued_after(ctx: Phase1, job_id: str, moment: datetime) -> bool:
+    """Whether the job, as the (new) primary holds it, was enqueued after `moment`: not by
+    its approval, which answered before, but by the reconciler, from PostgreSQL."""
+    try:
+        job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)
+    except NoSuchJobError:  # it completed on the old primary, which took its record along
+        return False
+    enqueued = job.enqueued_at
+    return enqueued is not None and enqueued.replace(tzinfo=enqueued.tzinfo or UTC) > moment
 
-    assert isinstance(ctx, Phase1)
+
+def statuses_of_plans(ctx: Phase1, plan_ids: list[uuid.UUID]) -> dict[str, int]:
     with ctx.transaction() as conn:
         rows = conn.execute(
             "SELECT status, count(*) AS n FROM marketplace_job_executions "
