@@ -22,12 +22,14 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from support import PHASE1, Processes, inject_fault, settings_env, wait_until
 
 from faults.faultkit import FINAL, check_invariants, make_plans, start_worker, statuses
 from faults.sentinelkit import SentinelSet
 from phase1.context import Phase1, build
 from phase1.settings import Settings
+from phase1.worker import build_worker
 
 Record = Callable[[str, str, str, float | None], None]
 
@@ -242,3 +244,34 @@ def statuses_of_plans(ctx: Phase1, plan_ids: list[uuid.UUID]) -> dict[str, int]:
             (plan_ids,),
         ).fetchall()
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_rqs_scheduler_rebuilds_a_sentinel_aware_connection(
+    sentinels: SentinelSet, make_settings: Callable[..., Settings]
+) -> None:
+    """RQ's scheduler (forked by the worker) builds its own connection from the worker's pool
+    class and kwargs: it must still ask the sentinels for the primary, then and after a
+    failover."""
+    ctx = build(make_settings(redis_url=sentinels.url))
+    worker = build_worker(ctx)
+    scheduler = RQScheduler([ctx.settings.queue], connection=worker.connection)
+    connection = scheduler.connection
+    assert connection.ping()
+    assert connection.connection_pool.connection_kwargs["connection_pool"].is_master
+    connection.set("phase1:test:before", 1)
+    old_port = sentinels.primary.port
+    sentinels.primary.kill()
+    wait_until(lambda: sentinels.primary_port() not in (None, old_port), timeout=30)
+
+    def written() -> bool:
+        try:
+            return bool(connection.set("phase1:test:after", 1))
+        except RedisError:
+            return False
+
+    wait_until(written, timeout=20, what="the scheduler's connection on the new primary")
+    assert sentinels.replica.client().get("phase1:test:after") == b"1"
+    worker.connection.close()
+    ctx.close()
