@@ -59,7 +59,12 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
 
     with ctx.transaction() as conn:
         started = work.open_attempt(
-            conn, job.id, payload.planId, job.worker_name, job.retries_left or 0
+            conn,
+            job.id,
+            payload.planId,
+            job.worker_name,
+            job.retries_left or 0,
+            idle_timeout_ms=ctx.settings.db_statement_timeout_ms,
         )
         row = executions.get(conn, job.id) if started is None else None
     if started is None:

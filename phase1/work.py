@@ -36,7 +36,13 @@ if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this 
 _START_SELECT = "SELECT exe.plan_id, exe.attempt FROM exe\n"
 assert executions.SQL_START_ATTEMPT_ASYNC.endswith(_START_SELECT)
 # The attempt opened, and the plan (the job's, as its payload names it) read with it.
-SQL_OPEN_ATTEMPT = executions.SQL_START_ATTEMPT_ASYNC.removesuffix(_START_SELECT) + (
+# Its transaction holds the execution row too: bounded idle, as SQL_LOCK below says why.
+_ASYNC = "AS sync\n"
+assert _ASYNC in executions.SQL_START_ATTEMPT_ASYNC
+SQL_OPEN_ATTEMPT = executions.SQL_START_ATTEMPT_ASYNC.removesuffix(_START_SELECT).replace(
+    _ASYNC,
+    "AS sync, set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true) AS idle\n",
+) + (
     "SELECT exe.attempt, p.id AS plan_id, p.analysis\n"
     "FROM exe LEFT JOIN marketplace_plans p ON p.id = %(plan_id)s\n"
 )
@@ -108,12 +114,24 @@ class Outcome:
 
 
 def open_attempt(
-    conn: Conn, job_id: str, plan_id: UUID, worker: str | None, retries_left: int
+    conn: Conn,
+    job_id: str,
+    plan_id: UUID,
+    worker: str | None,
+    retries_left: int,
+    *,
+    idle_timeout_ms: int = 5000,
 ) -> Started | None:
     """In the caller's transaction (which then commits without the WAL flush): mark the job
     active, open its next attempt and read its plan; None when the job is already completed
     (or unknown)."""
-    params = {"job_id": job_id, "plan_id": plan_id, "worker": worker, "retries_left": retries_left}
+    params = {
+        "job_id": job_id,
+        "plan_id": plan_id,
+        "worker": worker,
+        "retries_left": retries_left,
+        "idle_ms": str(max(1, idle_timeout_ms)),
+    }
     row = conn.execute(SQL_OPEN_ATTEMPT, params).fetchone()
     if row is None:
         return None
