@@ -305,11 +305,11 @@ def record_failure(
     return "recorded" if recorded else "duplicate"
 
 
-def superseded_here(job: Job, note: str) -> bool:
+def superseded_here(job: Job, note: str) -> bool | None:
     """Whether the attempt this process opened for `job` was taken over meanwhile (the orphan
     sweep gave this worker up for dead): then it is marked `superseded` with `note`, and the
-    worker must leave the job alone. False when this process opened no attempt for it, or
-    PostgreSQL cannot tell now (the usual failure path then runs)."""
+    worker must leave the job alone. False when this process opened no attempt for it; None
+    when PostgreSQL cannot be reached to tell."""
     attempt = opened_attempts.get(job.id)
     if attempt is None:
         return False
@@ -321,7 +321,7 @@ def superseded_here(job: Job, note: str) -> bool:
             executions.supersede(conn, job.id, attempt, note)
     except UnavailableError as exc:
         log.warning("job %s: cannot tell if attempt %s was taken over: %s", job.id, attempt, exc)
-        return False
+        return None
     opened_attempts.pop(job.id, None)
     log.warning(
         "job %s: attempt %s was taken over by another worker while this one was cut off; "

@@ -52,6 +52,9 @@ WORKER_TTL = 20
 HORSE_KILL_GRACE = 5.0  # after interrupting a work horse, before SIGKILL
 HARD_EXIT_GRACE = 10.0  # after interrupting an in-process job that ignores it, before exiting
 MAX_BACKOFF = 30.0
+# How long a worker cut off from Redis and PostgreSQL with a failed attempt in hand waits for
+# the network before it handles the failure as usual (see _Phase1Base._superseded).
+CUT_OFF_WAIT = 600.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Abandoned-job detection (RQ's StartedJobRegistry cleanup, run in worker maintenance) sees a
 # job once its execution's heartbeat TTL has passed; see get_heartbeat_ttl below.
@@ -253,9 +256,37 @@ class _Phase1Base(PutsBackLeftBehind):
             return
         error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
         note = f"worker {self.name} on {self.hostname} came back ({error[:500]})"
-        if phase1_job.superseded_here(job, note):
+        if self._superseded(job, note):
             return
         super()._finalize_failure(job, queue, execution, exc_info)
+
+    def _superseded(self, job: Job, note: str) -> bool:
+        """Whether the job's attempt here was taken over (phase1.job.superseded_here). Cut off
+        from both PostgreSQL and Redis, nothing this worker could write would get through, and
+        once the network is back the answer decides what it may write: it waits to know (up to
+        CUT_OFF_WAIT). PostgreSQL alone down is an outage, not a partition: the usual path."""
+        deadline = time.monotonic() + CUT_OFF_WAIT
+        backoff = 1.0
+        while True:
+            verdict = phase1_job.superseded_here(job, note)
+            if verdict is not None:
+                return verdict
+            try:
+                self.connection.ping()
+            except RedisError:
+                pass
+            else:  # Redis answers: ask PostgreSQL once more (the network may be back)
+                return bool(phase1_job.superseded_here(job, note))
+            if self._stop_requested or time.monotonic() > deadline:
+                return False
+            self.log.warning(
+                "Worker %s: cut off from Redis and PostgreSQL with job %s's failure in hand; "
+                "waiting to learn whether another worker took it over",
+                self.name,
+                job.id,
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
 
 class Phase1Worker(_Phase1Base, FastWorker):
