@@ -27,6 +27,7 @@ from support import PHASE1, Processes, inject_fault, settings_env, wait_until
 
 from faults.faultkit import FINAL, check_invariants, make_plans, start_worker, statuses
 from faults.sentinelkit import SentinelSet
+from phase1 import events
 from phase1.context import Phase1, build
 from phase1.settings import Settings
 from phase1.worker import build_worker
@@ -248,13 +249,16 @@ def statuses_of_plans(ctx: Phase1, plan_ids: list[uuid.UUID]) -> dict[str, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_rqs_scheduler_rebuilds_a_sentinel_aware_connection(
-    sentinels: SentinelSet, make_settings: Callable[..., Settings]
+def test_the_scheduler_and_an_event_follower_follow_the_primary(
+    sentinels: SentinelSet, make_settings: Callable[..., Settings], processes: Processes
 ) -> None:
     """RQ's scheduler (forked by the worker) builds its own connection from the worker's pool
     class and kwargs: it must still ask the sentinels for the primary, then and after a
-    failover."""
+    failover. `phase1 events --follow` keeps following through the failover."""
     ctx = build(make_settings(redis_url=sentinels.url))
+    events.emit(ctx.redis, ctx.settings, events.make(events.ENQUEUED, "job-before", None, None))
+    follower = processes.start([PHASE1, "events", "--follow", "--json"], ctx.settings)
+    wait_until(lambda: "job-before" in processes.log(0), timeout=30, what="the follower")
     worker = build_worker(ctx)
     scheduler = RQScheduler([ctx.settings.queue], connection=worker.connection)
     connection = scheduler.connection
@@ -273,5 +277,8 @@ def test_rqs_scheduler_rebuilds_a_sentinel_aware_connection(
 
     wait_until(written, timeout=20, what="the scheduler's connection on the new primary")
     assert sentinels.replica.client().get("phase1:test:after") == b"1"
+    events.emit(ctx.redis, ctx.settings, events.make(events.ENQUEUED, "job-after", None, None))
+    wait_until(lambda: "job-after" in processes.log(0), timeout=30, what="followed on")
+    assert follower.poll() is None
     worker.connection.close()
     ctx.close()
