@@ -4,7 +4,9 @@ approval answered 202 still ends completed, once; PostgreSQL puts back what the 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -103,8 +105,7 @@ def test_primary_lost_under_load(
     plan_ids = make_plans(ctx, PLANS)
     for plan_id in plan_ids:  # jobs a little slower than approvals come: a queue builds up
         inject_fault(settings.database_url or "", plan_id, fail_times=0, sleep_s=JOB_SECONDS)
-    for _ in range(2):
-        start_worker(processes, settings, reconcile_interval=1, grace=1)
+    workers = [start_worker(processes, settings, reconcile_interval=1, grace=1) for _ in "ab"]
     api = start_server(processes, settings)
     wait_until(
         lambda: len(ctx.redis.smembers(f"rq:workers:{settings.queue}")) >= 2,
@@ -117,8 +118,11 @@ def test_primary_lost_under_load(
     sender.start()
     time.sleep(KILL_AFTER)  # a fault injected at a point in the load, not a wait on a state
     # The replica stops hearing from the primary; approvals go on being accepted on the
-    # primary alone; then it dies, and what the replica never got is lost with it.
+    # primary alone; then it dies, and what the replica never got is lost with it. The
+    # workers are held meanwhile, so those jobs are still queued when it dies.
     sentinels.link.freeze()
+    for worker in workers:
+        os.killpg(worker.pid, signal.SIGSTOP)
     frozen_at = len(load.answers)
     wait_until(
         lambda: sum(a[2] == 202 for a in load.answers[frozen_at:]) >= UNREPLICATED,
@@ -132,6 +136,8 @@ def test_primary_lost_under_load(
         sentinels.primary.pause()
     sentinels.link.sever()
     killed, killed_wall = time.monotonic(), datetime.now(UTC)
+    for worker in workers:
+        os.killpg(worker.pid, signal.SIGCONT)
     if fault == "pause":
         wait_until(lambda: sentinels.primary_port() not in (None, old_port), timeout=30)
         sentinels.primary.resume()
@@ -168,9 +174,11 @@ def test_primary_lost_under_load(
     put_back = sum(
         int(n) for i in (0, 1) for n in re.findall(r"re-enqueued (\d+) job", processes.log(i))
     )
-    assert put_back, "no accepted job was lost with the primary: the scenario did not happen"
     if fault == "kill":  # the approvals the replica never heard of were among them
+        assert put_back, "no accepted job was lost with the primary: the scenario did not happen"
         assert any(enqueued_after(ctx, j, killed_wall) for j in unreplicated)
+    # (A paused primary comes back with its queue: workers still connected to it may run
+    # those jobs before the sentinels demote it, and then nothing is left to put back.)
 
     # `phase1 info` reads the new primary, and says which it is.
     shown = subprocess.run(
