@@ -20,6 +20,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from phase1.errors import ConfigError, UnavailableError
+from phase1.redisconn import is_sentinel_url, sentinel_client
 from phase1.settings import Settings, redact_url
 
 if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used (see LazyPool)
@@ -85,7 +86,10 @@ def _required(value: str | None, name: str) -> str:
 
 
 def redis_client(url: str, **kwargs: Any) -> Redis:
-    """A Redis client with timeouts, so a hung server fails calls instead of hanging them."""
+    """A Redis client with timeouts, so a hung server fails calls instead of hanging them.
+
+    Every Redis client phase1 makes comes from here; a `redis+sentinel://` URL gives one that
+    follows the primary through failovers (phase1.redisconn)."""
     options: dict[str, Any] = {
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
@@ -93,7 +97,10 @@ def redis_client(url: str, **kwargs: Any) -> Redis:
         "retry_on_timeout": False,
     }
     options.update(kwargs)
-    client = Redis.from_url(url, **options)
+    if is_sentinel_url(url):  # the primary a Sentinel service names, followed on failover
+        client = sentinel_client(url, **options)
+    else:
+        client = Redis.from_url(url, **options)
     redis_pools.add(client.connection_pool)
     return client
 

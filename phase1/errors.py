@@ -29,3 +29,7 @@ class UnavailableError(Phase1Error):
 
 class PermanentJobError(Phase1Error):
     """Raised inside a job when retrying cannot help (plan gone, invalid analysis or payload)."""
+
+
+class AttemptSuperseded(Phase1Error):
+    """Raised inside a job whose attempt another worker took over (it was given up for dead)."""

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from phase1.errors import ConfigError
 from phase1.keys import EVENT_TYPES as TYPES
 from phase1.redact import redact_url
+from phase1.redisconn import parse_sentinel_url
 
 __all__ = ["Settings", "env_name", "load_settings", "redact_url"]
 
@@ -216,8 +217,8 @@ def _shown_input(name: str, given: Any) -> str:
     return f" (got {given!r})"
 
 
-SENTINEL_SCHEME = "redis+sentinel"
-REDIS_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 REDIS_URL_FORM = "redis://[[user]:password@]host[:port][/db]"
 
 
@@ -230,11 +231,11 @@ def check_redis_url(url: str) -> None:
         raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
     try:
         parts = urlsplit(url)
-        port = None if scheme in ("unix", SENTINEL_SCHEME) else parts.port
+        port = None if scheme == "unix" or scheme in SENTINEL_SCHEMES else parts.port
     except ValueError:  # an unbalanced [ in the host, a port that is not a number
         raise ValueError(f"has a malformed host or port (expected {REDIS_URL_FORM})") from None
-    if scheme == SENTINEL_SCHEME:
-        _check_sentinel(parts.netloc.rsplit("@", 1)[-1], parts.path)
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel_url(url)  # phase1.redisconn's reading, as it will connect
     elif scheme == "unix":
         if not parts.path:
             raise ValueError("unix:// needs the socket's path, as in unix:///run/redis.sock")
@@ -244,7 +245,7 @@ def check_redis_url(url: str) -> None:
         db = unquote(parts.path).strip("/")
         if db and not db.isdigit():
             raise ValueError("names a database that is not a number (the path is /<db>)")
-    if scheme != SENTINEL_SCHEME:
+    if scheme not in SENTINEL_SCHEMES:
         from redis.connection import ConnectionPool  # redis-py's own reading, as it will use it
 
         try:
@@ -271,19 +272,3 @@ def check_database_url(url: str) -> None:
         port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host else ""
         if ":" in host.rsplit("]", 1)[-1] and not (port.isdigit() and int(port) <= 65535):
             raise ValueError("has a port that is not a number from 0 to 65535")
-
-
-def _check_sentinel(hosts: str, path: str) -> None:
-    for host in hosts.split(","):
-        name, colon, port = host.rpartition(":")
-        if not (colon and name and port.isdigit() and int(port) <= 65535):
-            raise ValueError(
-                "lists a Sentinel that is not host:port "
-                "(expected redis+sentinel://[[user]:password@]host:port[,host:port...]"
-                "/service_name[/db])"
-            )
-    service, _, db = unquote(path).strip("/").partition("/")
-    if not service:
-        raise ValueError("names no service (the path is /service_name[/db])")
-    if db and not db.isdigit():
-        raise ValueError("names a database that is not a number (the path is /service_name/<db>)")

@@ -31,7 +31,7 @@ from phase1.runtime import monitor
 from phase1.runtime.monitor import Snapshot
 
 INFO_SHAPE = (
-    '{"queue", "redis", "at", "queued", "scheduled": {"count", "nextAt"}, '
+    '{"queue", "redis", "redisPrimary", "at", "queued", "scheduled": {"count", "nextAt"}, '
     '"active": [{"jobId", "planId", "attempt", "maxAttempts", "progress", "worker", '
     '"startedAt", "ageSeconds"}], "dlq": {"size", "oldest": {"jobId", "planId", "reason", '
     '"failedAt", "error"}|null}, "workers": [{"name", "hostname", "pid", "state", "queues", '
@@ -194,10 +194,17 @@ def _active_rows(snap: Snapshot) -> list[list[str | int | None]]:
     ]
 
 
+def _on(snap: Snapshot) -> str:
+    """Where the snapshot was read: the URL, and the primary when Sentinel names it."""
+    if snap.redisPrimary and snap.redis.startswith(("redis+sentinel", "rediss+sentinel")):
+        return f"{snap.redis} (primary {snap.redisPrimary})"
+    return snap.redis
+
+
 def render(snap: Snapshot) -> RenderableType:
     """The snapshot for a terminal."""
     head = Text.assemble(
-        (snap.queue, "bold"), f"  on {snap.redis}  at {iso(snap.at)}", style="default"
+        (snap.queue, "bold"), f"  on {_on(snap)}  at {iso(snap.at)}", style="default"
     )
     grid = Table(show_header=False, box=None, pad_edge=False)
     grid.add_column(style="bold")
@@ -225,7 +232,7 @@ def render(snap: Snapshot) -> RenderableType:
 def plain(snap: Snapshot) -> str:
     """The snapshot as plain text, for pipes and logs."""
     blocks = [
-        f"{snap.queue} on {snap.redis} at {iso(snap.at)}",
+        f"{snap.queue} on {_on(snap)} at {iso(snap.at)}",
         plain_columns([(f"{label}:", value) for label, value in _summary(snap)]),
     ]
     if snap.workers:

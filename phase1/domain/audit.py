@@ -73,6 +73,17 @@ SELECT %(job_id)s::varchar, COALESCE(MAX(attempt), 0) + 1, 'failed', %(worker)s,
 FROM marketplace_job_attempts WHERE job_id = %(job_id)s
 RETURNING attempt
 """
+# A worker given up for dead came back: the attempt it ran is marked `superseded`, with what
+# it says appended to what the sweep (or the next attempt) had recorded. Its late outcome
+# changes nothing else: the job belongs to the attempt that took over.
+SQL_SUPERSEDE = """
+UPDATE marketplace_job_attempts
+SET status = 'superseded', ended_at = COALESCE(ended_at, NOW()),
+    error_message = CONCAT_WS(' | then: ', error_message, %(note)s::text)
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND status IN ('active', 'failed')
+RETURNING attempt
+"""
+SQL_ATTEMPT = "SELECT * FROM marketplace_job_attempts WHERE job_id = %(job_id)s AND attempt = %(n)s"
 SQL_SET_ATTEMPT_NUMBER = """
 UPDATE marketplace_job_executions SET attempt_number = %(attempt)s WHERE job_id = %(job_id)s
 """
@@ -167,6 +178,21 @@ def attempts(conn: Conn, job_id: str) -> list[Row]:
     return conn.execute(SQL_ATTEMPTS, {"job_id": job_id}).fetchall()
 
 
+def is_current(conn: Conn, job_id: str, attempt: int) -> bool:
+    """Whether `attempt` of the job is still open (no one closed it or started the next)."""
+    row = conn.execute(SQL_ATTEMPT, {"job_id": job_id, "n": attempt}).fetchone()
+    return row is not None and row["status"] == "active"
+
+
+def supersede(conn: Conn, job_id: str, attempt: int, note: str) -> bool:
+    """Mark `attempt` superseded (its worker came back after another took over), with `note`
+    added to its error message; False when it was not open or failed (completed, say)."""
+    row = conn.execute(
+        SQL_SUPERSEDE, {"job_id": job_id, "attempt": attempt, "note": note[:2000]}
+    ).fetchone()
+    return row is not None
+
+
 @dataclass(frozen=True)
 class FailedAttempt:
     """What recording one failed attempt did."""
@@ -174,6 +200,7 @@ class FailedAttempt:
     attempt: int | None  # None: another process had already recorded this attempt's failure
     status: str  # the job's status now: `retrying`, `failed` (or `completed`: left alone)
     history: list[Row]
+    superseded: bool = False  # the attempt was no longer the current one: nothing changed
 
 
 def record_failed_attempt(
@@ -186,6 +213,7 @@ def record_failed_attempt(
     error_message: str,
     next_retry_at: datetime | None,
     only_if_active: bool = False,
+    attempt: int | None = None,
 ) -> FailedAttempt | None:
     """Close the running attempt as failed (or add a failed one if it never opened its row)
     and make the job `retrying` or, when final, `failed`. None when the job is unknown; status
@@ -193,14 +221,19 @@ def record_failed_attempt(
 
     `only_if_active` is for paths that can race for one dead attempt (the orphan sweep and
     RQ's abandoned-job cleanup): when no attempt is open, the other one got there first.
+    `attempt` is the attempt the caller ran, when it knows: if that one is no longer open (the
+    orphan sweep gave it up, another worker took over), it is marked `superseded` and
+    nothing else changes.
     """
     row = get(conn, job_id, lock=True)
     if row is None:
         return None
     if row["status"] == "completed":
         return FailedAttempt(attempt=None, status="completed", history=[])
+    if attempt is not None and not is_current(conn, job_id, attempt):
+        supersede(conn, job_id, attempt, f"{worker or 'its worker'} came back: {error_message}")
+        return FailedAttempt(attempt=None, status=row["status"], history=[], superseded=True)
     latest = conn.execute(SQL_LATEST_ATTEMPT, {"job_id": job_id}).fetchone()
-    attempt: int | None
     if latest is not None and latest["status"] == "active":
         attempt = int(latest["attempt"])
         end_attempt(conn, job_id, attempt, "failed", error_type, error_message)

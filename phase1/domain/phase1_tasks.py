@@ -50,11 +50,13 @@ SELECT id FROM ins
 
 # Attempt n+1 opened (numbers come from the history, so they have no gaps) and the plan read
 # with it; a completed job is left alone (a duplicate run must not reopen it). Committed
-# without waiting for the WAL flush (set_config ... true: this transaction only).
+# without waiting for the WAL flush, and bounded idle as SQL_LOCK says why (set_config ...
+# true: this transaction only).
 SQL_OPEN_ATTEMPT = """
 WITH nxt AS (
   SELECT COALESCE(MAX(attempt), 0) + 1 AS n,
-         set_config('synchronous_commit', 'off', true) AS sync
+         set_config('synchronous_commit', 'off', true) AS sync,
+         set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true) AS idle
   FROM marketplace_job_attempts WHERE job_id = %(job_id)s
 ), exe AS (
   UPDATE marketplace_job_executions e
@@ -81,7 +83,14 @@ SELECT exe.attempt, p.id AS plan_id, p.analysis
 FROM exe LEFT JOIN marketplace_plans p ON p.id = %(plan_id)s
 """
 
-SQL_LOCK = "SELECT 1 FROM marketplace_job_executions WHERE job_id = %(job_id)s FOR UPDATE"
+# The lock, and (in the same round trip) a bound on how long the transaction may sit idle
+# holding it: a worker cut off from the network mid-job leaves its session open, and the
+# server would keep the row locked, blocking the worker that takes the job over, until TCP
+# noticed (hours). Transaction-local: other transactions keep the pool's setting.
+SQL_LOCK = """
+SELECT set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true)
+FROM marketplace_job_executions WHERE job_id = %(job_id)s FOR UPDATE
+"""
 
 # The tasks created (those already there are kept), then listed as one list: `old` reads the
 # statement's snapshot, which holds the tasks there before it and none of `ins`. When the job
@@ -91,7 +100,11 @@ SQL_CREATE_AND_COMPLETE = f"""
 WITH cur AS (
   SELECT status, result FROM marketplace_job_executions WHERE job_id = %(job_id)s
 ), go AS (
-  SELECT NOT EXISTS (SELECT 1 FROM cur WHERE status = 'completed') AS ok
+  -- Not completed, and this attempt still the current one: a worker given up for dead (the
+  -- orphan sweep closed its attempt, another worker opened the next) must not complete it.
+  SELECT NOT EXISTS (SELECT 1 FROM cur WHERE status = 'completed')
+     AND EXISTS (SELECT 1 FROM marketplace_job_attempts
+                 WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND status = 'active') AS ok
 ), ins AS ({_INSERT_TASKS}), old AS (
   SELECT id, position, created_at FROM marketplace_tasks
   WHERE plan_id = %(plan_id)s AND phase = 1
@@ -112,7 +125,8 @@ WITH cur AS (
         FROM res)
   WHERE job_id = %(job_id)s AND (SELECT ok FROM go)
 )
-SELECT (SELECT ok FROM go) AS ran, (SELECT result FROM cur) AS earlier, created, ids FROM res
+SELECT (SELECT ok FROM go) AS ran, (SELECT result FROM cur) AS earlier,
+       (SELECT status FROM cur) AS status, created, ids FROM res
 """
 
 
@@ -158,35 +172,53 @@ class Started:
 @dataclass(frozen=True)
 class Outcome:
     """What `create_tasks` did: the job's result, and whether this run did the work (False:
-    a concurrent run of the same job had completed it; this attempt was closed)."""
+    a concurrent run of the same job had completed it; this attempt was closed), or was
+    refused because its attempt is no longer the current one (`superseded`)."""
 
     result: dict[str, Any]
     ran: bool
+    superseded: bool = False
 
 
 def open_attempt(
-    conn: Conn, job_id: str, plan_id: UUID, worker: str | None, retries_left: int
+    conn: Conn,
+    job_id: str,
+    plan_id: UUID,
+    worker: str | None,
+    retries_left: int,
+    *,
+    idle_timeout_ms: int = 5000,
 ) -> Started | None:
     """In the caller's transaction (which then commits without the WAL flush): mark the job
     active, open its next attempt and read its plan; None when the job is already completed
     (or unknown)."""
-    params = {"job_id": job_id, "plan_id": plan_id, "worker": worker, "retries_left": retries_left}
+    params = {
+        "job_id": job_id,
+        "plan_id": plan_id,
+        "worker": worker,
+        "retries_left": retries_left,
+        "idle_ms": str(max(1, idle_timeout_ms)),
+    }
     row = conn.execute(SQL_OPEN_ATTEMPT, params).fetchone()
     if row is None:
         return None
     return Started(int(row["attempt"]), row if row["plan_id"] is not None else None)
 
 
-def create_tasks(conn: Conn, job_id: str, started: Started, plan_id: UUID) -> Outcome:
+def create_tasks(
+    conn: Conn, job_id: str, started: Started, plan_id: UUID, *, idle_timeout_ms: int = 5000
+) -> Outcome:
     """In the caller's transaction: create the plan's Phase 1 tasks and complete the job's
     attempt. A missing plan or an unusable analysis raises PermanentJobError (before anything
-    is sent)."""
+    is sent). The transaction may sit idle `idle_timeout_ms` at most (the server ends the
+    session then), so a cut-off worker cannot hold the job's row locked."""
     params = task_params(plan_id, started.plan)
     params.update(job_id=job_id, attempt=started.attempt, plan_text=str(plan_id))
-    conn.execute(SQL_LOCK, {"job_id": job_id})
+    conn.execute(SQL_LOCK, {"job_id": job_id, "idle_ms": str(max(1, idle_timeout_ms))})
     row = conn.execute(SQL_CREATE_AND_COMPLETE, params).fetchone()
     assert row is not None
     if not row["ran"]:
-        return Outcome(dict(row["earlier"] or {}), ran=False)
+        superseded = row["status"] != "completed"
+        return Outcome(dict(row["earlier"] or {}), ran=False, superseded=superseded)
     result = {"planId": str(plan_id), "tasksCreated": row["created"], "taskIds": row["ids"]}
     return Outcome(result, ran=True)

@@ -9,6 +9,7 @@ from typing import Any
 import bottle
 
 from phase1.errors import (
+    AttemptSuperseded,
     ConfigError,
     ConflictError,
     InvalidInputError,
@@ -31,6 +32,7 @@ ERROR_STATUS: dict[type[Phase1Error], tuple[int, str]] = {
     ConflictError: (409, "conflict"),
     UnavailableError: (503, "unavailable"),
     PermanentJobError: (409, "conflict"),
+    AttemptSuperseded: (409, "conflict"),
     ConfigError: (500, "internal_error"),
     Phase1Error: (500, "internal_error"),
 }

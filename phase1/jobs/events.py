@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -10,7 +11,9 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.job import Job
 
 from phase1 import keys
@@ -29,6 +32,8 @@ from phase1.settings import Settings
 log = logging.getLogger(__name__)
 
 ALL = "*"
+# How long `read(follow=True)` keeps trying through a Redis outage before it gives up.
+FOLLOW_OUTAGE_S = 60.0
 
 Handler = Callable[[Event], None]
 _handlers: dict[str, list[Handler]] = {}
@@ -178,10 +183,22 @@ def read(
     for as long as the caller keeps iterating."""
     last = since
     stream = keys.event_stream(queue)
+    lost_at: float | None = None
     while True:
         batch: Any
         if follow:
-            answer: Any = redis.xread({stream: last}, count=count, block=block_ms)
+            try:
+                answer: Any = redis.xread({stream: last}, count=count, block=block_ms)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # Following outlives a Redis restart or a Sentinel failover (the client asks
+                # for the primary again on its next connection), up to FOLLOW_OUTAGE_S.
+                lost_at = lost_at or time.monotonic()
+                if time.monotonic() - lost_at > FOLLOW_OUTAGE_S:
+                    raise
+                log.warning("following events: Redis unavailable (%s); trying again", exc)
+                time.sleep(1.0)
+                continue
+            lost_at = None
             batch = answer[0][1] if answer else []
         else:
             batch = redis.xrange(stream, min=f"({last}", count=count)

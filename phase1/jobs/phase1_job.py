@@ -19,15 +19,20 @@ from rq.timeouts import JobTimeoutException
 from phase1 import context
 from phase1.context import Phase1
 from phase1.domain import audit, phase1_tasks
-from phase1.errors import PermanentJobError, UnavailableError
+from phase1.errors import AttemptSuperseded, PermanentJobError, UnavailableError
 from phase1.jobs import deadletter, events
 from phase1.jobs.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
 
 log = logging.getLogger(__name__)
 
-Recorded = Literal["recorded", "duplicate", "completed"]
+Recorded = Literal["recorded", "duplicate", "completed", "superseded"]
 ACTIVE_LAG = 0.05  # seconds
+
+# The attempt this process opened for each job it runs now, so its failure is recorded
+# against that attempt, never against a newer one another worker opened after this one
+# was given up for dead (a worker cut off from the network, back after the sweep).
+opened_attempts: dict[str, int] = {}
 
 
 def _payload(raw: Any) -> JobPayload:
@@ -52,10 +57,16 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         raise PermanentJobError("run_phase1_job must run inside an RQ job")
     ctx = context.for_worker_process()
     plan_id = str(payload.planId)
+    opened_attempts.pop(job.id, None)  # one this process opened in an earlier run is over
 
     with ctx.transaction() as conn:
         started = phase1_tasks.open_attempt(
-            conn, job.id, payload.planId, job.worker_name, job.retries_left or 0
+            conn,
+            job.id,
+            payload.planId,
+            job.worker_name,
+            job.retries_left or 0,
+            idle_timeout_ms=ctx.settings.db_statement_timeout_ms,
         )
         row = audit.get(conn, job.id) if started is None else None
     if started is None:
@@ -67,10 +78,23 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     # `job:active` goes out with the outcome when that comes within ACTIVE_LAG (one round
     # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
     attempt = started.attempt
+    opened_attempts[job.id] = attempt
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
     with ctx.transaction() as conn:
-        outcome = phase1_tasks.create_tasks(conn, job.id, started, payload.planId)
+        outcome = phase1_tasks.create_tasks(
+            conn,
+            job.id,
+            started,
+            payload.planId,
+            idle_timeout_ms=ctx.settings.db_statement_timeout_ms,
+        )
+    if outcome.superseded:
+        raise AttemptSuperseded(
+            f"attempt {attempt} of job {job.id} was given up for dead and taken over by "
+            "another worker; this run created nothing"
+        )
+    opened_attempts.pop(job.id, None)
     result = outcome.result
     if not outcome.ran:
         return result
@@ -183,6 +207,7 @@ def on_failure(
         next_retry_at=next_retry_at,
         # The orphan sweep may have recorded this dead attempt first.
         only_if_active=reason == "abandoned",
+        attempt=opened_attempts.pop(job.id, None),
     )
 
 
@@ -198,13 +223,16 @@ def record_failure(
     next_retry_at: datetime | None,
     only_if_active: bool = False,
     ctx: Phase1 | None = None,
+    attempt: int | None = None,
 ) -> Recorded:
     """Write a failed attempt to the audit trail, the DLQ when final, and the event stream.
 
     Returns `recorded`; `duplicate` when another path had recorded this attempt already
     (`only_if_active`); `completed` when the job had completed (its work committed before
-    the process died): nothing is failed then. A final failure reaches the DLQ even when
-    PostgreSQL is down; the UnavailableError is raised after that.
+    the process died): nothing is failed then; `superseded` when `attempt` (the one the
+    caller ran) is no longer the current one: it is marked so, and nothing else changes.
+    A final failure reaches the DLQ even when PostgreSQL is down; the UnavailableError is
+    raised after that.
     """
     ctx = ctx or context.for_worker_process()
     settings = ctx.settings
@@ -223,6 +251,7 @@ def record_failure(
                 error_message=message,
                 next_retry_at=next_retry_at.replace(tzinfo=None) if next_retry_at else None,
                 only_if_active=only_if_active,
+                attempt=attempt,
             )
     except UnavailableError as exc:
         log.error("job %s: could not record the failed attempt in PostgreSQL: %s", job.id, exc)
@@ -230,6 +259,16 @@ def record_failure(
     if failed is not None and failed.status == "completed":
         log.info("job %s had completed; its late failure (%s) changes nothing", job.id, reason)
         return "completed"
+    if failed is not None and failed.superseded:
+        log.warning(
+            "job %s: attempt %s was taken over by another worker; its late failure (%s: %s) "
+            "is recorded as superseded and changes nothing else",
+            job.id,
+            attempt,
+            error_type,
+            message,
+        )
+        return "superseded"
     attempt = failed.attempt if failed is not None else None
     dead_lettered = False
     if final:
@@ -266,3 +305,31 @@ def record_failure(
     if audit_error is not None:
         raise audit_error
     return "recorded" if recorded else "duplicate"
+
+
+def superseded_here(job: Job, note: str) -> bool | None:
+    """Whether the attempt this process opened for `job` was taken over meanwhile (the orphan
+    sweep gave this worker up for dead): then it is marked `superseded` with `note`, and the
+    worker must leave the job alone. False when this process opened no attempt for it; None
+    when PostgreSQL cannot be reached to tell."""
+    attempt = opened_attempts.get(job.id)
+    if attempt is None:
+        return False
+    ctx = context.for_worker_process()
+    try:
+        with ctx.transaction() as conn:
+            if audit.is_current(conn, job.id, attempt):
+                return False
+            audit.supersede(conn, job.id, attempt, note)
+    except UnavailableError as exc:
+        log.warning("job %s: cannot tell if attempt %s was taken over: %s", job.id, attempt, exc)
+        return None
+    opened_attempts.pop(job.id, None)
+    log.warning(
+        "job %s: attempt %s was taken over by another worker while this one was cut off; "
+        "leaving the job to it (%s)",
+        job.id,
+        attempt,
+        note,
+    )
+    return True

@@ -22,6 +22,7 @@ from phase1 import keys
 from phase1.context import Phase1, redis_errors
 from phase1.db import Conn
 from phase1.jobs import deadletter
+from phase1.redisconn import primary_address
 from phase1.schemas import UtcDatetime
 from phase1.settings import redact_url
 
@@ -124,6 +125,7 @@ class Snapshot(_Model):
 
     queue: str
     redis: str
+    redisPrimary: str | None = None  # host:port of the server answering (Sentinel: its primary)
     at: UtcDatetime
     queued: int
     scheduled: Scheduled
@@ -151,6 +153,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
         workers = _workers(ctx)
         scheduler = _scheduler(ctx)
         redis_settings = _redis_settings(ctx)
+        primary = primary_address(ctx.redis)
     with ctx.transaction() as conn:
         last_hour = _last_hour(conn, settings.queue)
         rows = _rows(conn, [job_id for job_id, _ in started])
@@ -158,6 +161,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
     snap = Snapshot(
         queue=settings.queue,
         redis=redact_url(ctx.redis_url),
+        redisPrimary=primary,
         at=at,
         queued=queued,
         scheduled=scheduled,

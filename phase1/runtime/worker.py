@@ -30,6 +30,7 @@ from phase1.context import Phase1, install_worker_context, redis_client, redis_p
 from phase1.engine.leftbehind import PutsBackLeftBehind
 from phase1.engine.worker import FastWorker
 from phase1.errors import UnavailableError
+from phase1.jobs import phase1_job
 from phase1.runtime import reconcile, shutdown, sweep
 from phase1.runtime.maintenance import Maintenance
 from phase1.runtime.startup_checks import run_startup_checks
@@ -52,6 +53,9 @@ WORKER_TTL = 20
 HORSE_KILL_GRACE = 5.0  # after interrupting a work horse, before SIGKILL
 HARD_EXIT_GRACE = 10.0  # after interrupting an in-process job that ignores it, before exiting
 MAX_BACKOFF = 30.0
+# How long a worker cut off from Redis and PostgreSQL with a failed attempt in hand waits for
+# the network before it handles the failure as usual (see _Phase1Base._superseded).
+CUT_OFF_WAIT = 600.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Abandoned-job detection (RQ's StartedJobRegistry cleanup, run in worker maintenance) sees a
 # job once its execution's heartbeat TTL has passed; see get_heartbeat_ttl below.
@@ -244,11 +248,46 @@ class _Phase1Base(PutsBackLeftBehind):
     def _finalize_failure(
         self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo
     ) -> None:
-        """An interrupted job is no failure: put it back instead (RQ would retry or fail it)."""
+        """An interrupted job is no failure: put it back instead (RQ would retry or fail it).
+        Nor is the end of an attempt another worker took over while this one was cut off
+        (the orphan sweep gave it up for dead): the job is that worker's now, so this one
+        records its attempt as superseded and leaves RQ's state alone."""
         if shutdown.is_interrupt(exc_info[0]):
             shutdown.requeue_interrupted(self, job, queue, execution)
             return
+        error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
+        note = f"worker {self.name} on {self.hostname} came back ({error[:500]})"
+        if self._superseded(job, note):
+            return
         super()._finalize_failure(job, queue, execution, exc_info)
+
+    def _superseded(self, job: Job, note: str) -> bool:
+        """Whether the job's attempt here was taken over (phase1.job.superseded_here). Cut off
+        from both PostgreSQL and Redis, nothing this worker could write would get through, and
+        once the network is back the answer decides what it may write: it waits to know (up to
+        CUT_OFF_WAIT). PostgreSQL alone down is an outage, not a partition: the usual path."""
+        deadline = time.monotonic() + CUT_OFF_WAIT
+        backoff = 1.0
+        while True:
+            verdict = phase1_job.superseded_here(job, note)
+            if verdict is not None:
+                return verdict
+            try:
+                self.connection.ping()
+            except RedisError:
+                pass
+            else:  # Redis answers: ask PostgreSQL once more (the network may be back)
+                return bool(phase1_job.superseded_here(job, note))
+            if self._stop_requested or time.monotonic() > deadline:
+                return False
+            self.log.warning(
+                "Worker %s: cut off from Redis and PostgreSQL with job %s's failure in hand; "
+                "waiting to learn whether another worker took it over",
+                self.name,
+                job.id,
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
 
 class Phase1Worker(_Phase1Base, FastWorker):

@@ -17,12 +17,14 @@ from phase1.cli import app
 from phase1.context import Phase1
 from phase1.domain import plans
 from phase1.jobs import approval, deadletter
+from phase1.redisconn import primary_address
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
 
 INFO_KEYS = {
     "queue",
     "redis",
+    "redisPrimary",
     "at",
     "queued",
     "scheduled",
@@ -59,6 +61,7 @@ def test_info_json_on_an_empty_queue(settings: Settings, ctx: Phase1) -> None:
     document = info_json(settings)
     assert set(document) == INFO_KEYS
     assert document["queue"] == settings.queue
+    assert document["redisPrimary"] == primary_address(ctx.redis)  # the server it read
     assert document["queued"] == 0 and document["active"] == [] and document["workers"] == []
     assert document["scheduled"] == {"count": 0, "nextAt": None}
     assert document["dlq"] == {"size": 0, "oldest": None}

@@ -111,7 +111,7 @@ def _schema(url: str) -> tuple[dict[str, dict[str, tuple[str, str, int | None]]]
 
 def test_all_migrations_give_the_expected_schema(empty_database: str) -> None:
     applied = db.migrate(empty_database)
-    assert applied == ["0001_initial"]
+    assert applied == ["0001_initial", "0002_superseded_attempts"]
     tables, indexes = _schema(empty_database)
     assert tables == EXPECTED_COLUMNS
     assert indexes == EXPECTED_INDEXES
@@ -138,8 +138,8 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(empty_databas
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     messages = sorted(err.decode() for _, err in outputs)
-    assert "applied 1 migration(s): 0001_initial" in messages[0]
+    assert "applied 2 migration(s): 0001_initial, 0002_superseded_attempts" in messages[0]
     assert "up to date" in messages[1]
     with psycopg.connect(empty_database) as conn:
         count = conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()
-    assert count == (1,)
+    assert count == (2,)
