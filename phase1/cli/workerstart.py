@@ -1,5 +1,5 @@
 """`phase1 worker` without Typer and rich: a worker should start in a fraction of a second, and
-importing the whole CLI (Typer, click, rich and every command's modules) took about as long
+importing the whole CLI (Typer, click, rich and every command's modules) would cost as much
 as everything the worker itself needs.
 
 `phase1.cli.main` sends `phase1 worker ...` here when its options are plain ones this module

@@ -31,10 +31,10 @@ class SyncApproval:
         }
 
 
-# The approval's writes as one statement: BEGIN, it and COMMIT where BEGIN, four statements
-# and COMMIT took six round trips. (Not autocommit: a statement held up on its way to a hung
-# server would then commit after the request answered 503. Nor psycopg's pipeline mode: in
-# the same in-process loop it made the approval 0.45 ms slower at p50, not faster.)
+# The approval's writes as one statement (BEGIN, it, COMMIT) instead of four statements in a
+# transaction: the approval's latency is what its caller waits for, and bench/RESULTS.md has
+# the gain that keeps this second path beside `record_in_steps`. Not autocommit: a statement
+# held up on its way to a hung server would then commit after the request answered 503.
 # The plan's row lock serialises concurrent approvals as before. A statement reads with the
 # snapshot it started with, so an approval committed while this one waited for the lock shows
 # as the plan `approved` with no execution row seen and none inserted (ON CONFLICT): then
