@@ -254,8 +254,13 @@ class Workers:
                     self.max_rss = max(self.max_rss, rss_mb(pid) or 0.0)
 
     def wait(self, timeout: float) -> None:
-        """Wait for burst workers to exit; BenchError (after stopping them) on a timeout or a
-        failed exit."""
+        """Wait for burst workers to exit; BenchError (after stopping them) on a failed exit.
+
+        A worker still running after `timeout` is told to stop (SIGTERM: RQ's warm shutdown),
+        with a warning: plain `rq worker --burst` was seen to hang in its teardown after its
+        work was done, on a loaded machine. The caller checks that the work was done (the
+        jobs' end times, the counted round trips), so a worker that had not done it fails
+        there, with this warning before it."""
         deadline = time.monotonic() + timeout
         try:
             for proc in self.procs:
@@ -263,9 +268,11 @@ class Workers:
                 if code != 0:
                     raise BenchError(f"worker {proc.args!r} exited with {code}; see {self.logs}")
         except subprocess.TimeoutExpired:
-            raise BenchError(
-                f"workers did not finish in {timeout:g} s:\n{self._still_running()}"
-            ) from None
+            print(
+                f"bench: warning: workers still running after {timeout:g} s, stopped with "
+                f"SIGTERM:\n{self._still_running()}",
+                file=sys.stderr,
+            )
         finally:
             self.stop()
 
