@@ -27,7 +27,7 @@ def cookie_of(answer: Response) -> str:
 
 
 def csrf_of(answer: Response) -> str:
-    match = re.search(rb'name="csrf" value="([0-9a-f]+)"', answer.body)
+    match = re.search(rb'name="phase1-csrf" content="([0-9a-f]+)"', answer.body)
     assert match, answer.body[:2000]
     return match.group(1).decode()
 
@@ -69,9 +69,7 @@ def test_every_page_is_html_with_a_strict_policy_and_escapes_titles(
     assert bad.status == 400 and b"is not one of" in bad.body and b"Traceback" not in bad.body
 
 
-def test_without_a_token_the_console_is_read_only(
-    settings: Settings, processes: Processes
-) -> None:
+def test_without_a_token_the_console_is_read_only(settings: Settings, processes: Processes) -> None:
     api = start_server(processes, settings)
     page = api.request("GET", "/console/dlq")
     cookie = cookie_of(page)

@@ -71,8 +71,9 @@ def _frame(top: float, unit: str, minutes: Sequence[Minute]) -> list[str]:
         for index in (0, 30, len(minutes) - 1):
             x = LEFT + plot_w * index / max(1, len(minutes) - 1)
             label = minutes[index].at.strftime("%H:%M")
+            anchor = "start" if index == 0 else "end" if index == len(minutes) - 1 else "middle"
             parts.append(
-                f'<text x="{x:.1f}" y="{TOP + plot_h + 14}" text-anchor="middle" '
+                f'<text x="{x:.1f}" y="{TOP + plot_h + 14}" text-anchor="{anchor}" '
                 f'font-size="11" fill="#444">{label}</text>'
             )
     return parts
