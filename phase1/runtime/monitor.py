@@ -177,6 +177,12 @@ def snapshot(ctx: Phase1) -> Snapshot:
     return snap.model_copy(update={"warnings": warnings(snap)})
 
 
+def workers(ctx: Phase1) -> tuple[list[WorkerInfo], SchedulerInfo]:
+    """The queue's workers and its scheduler alone (Redis only): the console's workers page."""
+    with redis_errors(ctx.redis_url):
+        return _workers(ctx), _scheduler(ctx)
+
+
 def warnings(snap: Snapshot) -> list[str]:
     """What an operator should act on, in words."""
     found = []

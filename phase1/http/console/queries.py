@@ -3,6 +3,7 @@ outcomes minute by minute. Named statements, read-only, each one round trip."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,7 @@ PAGE_SIZE = 50
 
 SQL_JOBS = """
 SELECT e.job_id, e.plan_id, e.status, e.attempt_number, e.max_attempts, e.progress,
-       e.created_at, e.completed_at, e.error_type, e.error_message, p.title,
-       COUNT(*) OVER () AS total
+       e.created_at, e.completed_at, e.error_type, e.error_message, p.title
 FROM marketplace_job_executions e JOIN marketplace_plans p ON p.id = e.plan_id
 WHERE e.queue = %(queue)s
   AND (%(status)s::text IS NULL OR e.status = %(status)s)
@@ -33,13 +33,15 @@ LIMIT %(limit)s OFFSET %(offset)s
 
 SQL_PLANS = """
 SELECT p.id, p.title, p.status, p.created_at, e.job_id, e.status AS job_status,
-       (SELECT COUNT(*) FROM marketplace_tasks t WHERE t.plan_id = p.id) AS tasks,
-       COUNT(*) OVER () AS total
-FROM marketplace_plans p LEFT JOIN marketplace_job_executions e ON e.plan_id = p.id
-WHERE (%(status)s::text IS NULL OR p.status = %(status)s)
-  AND (%(title)s::text IS NULL OR p.title ILIKE %(title)s)
+       (SELECT COUNT(*) FROM marketplace_tasks t WHERE t.plan_id = p.id) AS tasks
+FROM (
+  SELECT * FROM marketplace_plans
+  WHERE (%(status)s::text IS NULL OR status = %(status)s)
+    AND (%(title)s::text IS NULL OR title ILIKE %(title)s)
+  ORDER BY created_at DESC, id
+  LIMIT %(limit)s OFFSET %(offset)s
+) p LEFT JOIN marketplace_job_executions e ON e.plan_id = p.id
 ORDER BY p.created_at DESC, p.id
-LIMIT %(limit)s OFFSET %(offset)s
 """
 
 # Per minute of the last hour: jobs completed, jobs failed for good, attempts that failed and
@@ -81,15 +83,16 @@ WHERE e.job_id = ANY(%(job_ids)s)
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a list: its rows, how many match in all, and its offset."""
+    """One page of a list: its rows, its offset, and whether another page follows (one row
+    more is read to know; counting every match would read them all)."""
 
     rows: list[Row]
-    total: int
     offset: int
+    has_next: bool
 
-    @property
-    def has_next(self) -> bool:
-        return self.offset + len(self.rows) < self.total
+
+def _page(rows: list[Row], offset: int) -> Page:
+    return Page(rows=rows[:PAGE_SIZE], offset=offset, has_next=len(rows) > PAGE_SIZE)
 
 
 def _title_pattern(text: str | None) -> str | None:
@@ -118,11 +121,11 @@ def jobs(
             "plan_id": plan_id,
             "title": _title_pattern(title),
             "since": since,
-            "limit": PAGE_SIZE,
+            "limit": PAGE_SIZE + 1,
             "offset": offset,
         },
     ).fetchall()
-    return Page(rows=rows, total=int(rows[0]["total"]) if rows else 0, offset=offset)
+    return _page(rows, offset)
 
 
 def plans(conn: Conn, *, status: str | None, title: str | None, offset: int) -> Page:
@@ -132,11 +135,11 @@ def plans(conn: Conn, *, status: str | None, title: str | None, offset: int) -> 
         {
             "status": status,
             "title": _title_pattern(title),
-            "limit": PAGE_SIZE,
+            "limit": PAGE_SIZE + 1,
             "offset": offset,
         },
     ).fetchall()
-    return Page(rows=rows, total=int(rows[0]["total"]) if rows else 0, offset=offset)
+    return _page(rows, offset)
 
 
 @dataclass(frozen=True)
@@ -151,28 +154,55 @@ class Minute:
     p95: float | None
 
 
-def last_hour(conn: Conn, queue: str, now: datetime) -> list[Minute]:
-    """The 60 minutes up to `now` (naive UTC, as the tables are), one entry each, oldest
-    first; minutes with nothing in them are zeros."""
-    end = now.replace(second=0, microsecond=0)
-    start = end - timedelta(minutes=59)
-    rows = conn.execute(SQL_PER_MINUTE, {"queue": queue, "since": start}).fetchall()
-    found = {row["minute"]: row for row in rows}
-    minutes = []
-    for i in range(60):
-        at = start + timedelta(minutes=i)
-        row: dict[str, Any] = found.get(at) or {}
-        minutes.append(
-            Minute(
-                at=at,
-                completed=int(row.get("completed") or 0),
-                failed=int(row.get("failed") or 0),
-                retried=int(row.get("retried") or 0),
-                p50=_float(row.get("p50")),
-                p95=_float(row.get("p95")),
-            )
+def per_minute(conn: Conn, queue: str, since: datetime) -> dict[datetime, Minute]:
+    """Each minute from `since` (naive UTC, as the tables are) that had something in it."""
+    rows = conn.execute(SQL_PER_MINUTE, {"queue": queue, "since": since}).fetchall()
+    return {
+        row["minute"]: Minute(
+            at=row["minute"],
+            completed=int(row["completed"]),
+            failed=int(row["failed"]),
+            retried=int(row["retried"]),
+            p50=_float(row["p50"]),
+            p95=_float(row["p95"]),
         )
-    return minutes
+        for row in rows
+    }
+
+
+class LastHour:
+    """The last hour minute by minute, for the overview's charts. A minute more than two
+    minutes old no longer changes (what ends is written within seconds), so it is read once;
+    each call reads only the last two minutes and any not read yet."""
+
+    SETTLED = timedelta(minutes=2)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settled: dict[datetime, Minute] = {}
+        self._read_from: datetime | None = None  # the minutes from here on were read
+
+    def get(self, conn: Conn, queue: str, now: datetime) -> list[Minute]:
+        end = now.replace(second=0, microsecond=0)
+        start = end - timedelta(minutes=59)
+        settled_before = end - self.SETTLED
+        with self._lock:
+            known = dict(self._settled) if self._read_from is not None else {}
+            read_from = self._read_from if self._read_from is not None else start
+        since = min(max(read_from, start), settled_before)
+        fresh = per_minute(conn, queue, since)
+        with self._lock:
+            self._settled = {
+                at: m for at, m in {**known, **fresh}.items() if start <= at < settled_before
+            }
+            self._read_from = settled_before
+            found = {**self._settled, **fresh}
+        return [found.get(start + timedelta(minutes=i)) or _empty(start + timedelta(minutes=i))
+                for i in range(60)]  # fmt: skip
+
+
+def _empty(at: datetime) -> Minute:
+    return Minute(at=at, completed=0, failed=0, retried=0, p50=None, p95=None)
 
 
 def _float(value: Any) -> float | None:

@@ -19,7 +19,7 @@ from phase1.errors import (
     NotFoundError,
     UnavailableError,
 )
-from phase1.http.console import actions, render, views
+from phase1.http.console import actions, queries, render, views
 from phase1.http.console.security import (
     FLASH_COOKIE,
     SESSION_COOKIE,
@@ -72,6 +72,7 @@ class Console:
         self.ctx = app.ctx
         self.guard = Guard(app.ctx.settings)
         self.dlq_groups = views.DlqGroups()
+        self.last_hour = queries.LastHour()
 
     # -- plumbing
 
@@ -254,7 +255,7 @@ def install(app: Phase1App) -> None:
         return bottle.HTTPResponse(status=301, Location="/console/")
 
     def overview() -> dict[str, Any]:
-        return views.overview(ctx)
+        return views.overview(ctx, console.last_hour)
 
     def job_list() -> dict[str, Any]:
         return views.job_list(ctx, query())

@@ -41,7 +41,7 @@ def paused(ctx: Phase1) -> bool | None:
     return bool(pause.is_paused(ctx, ctx.settings.queue))
 
 
-def overview(ctx: Phase1) -> dict[str, Any]:
+def overview(ctx: Phase1, last_hour: queries.LastHour) -> dict[str, Any]:
     snap = monitor.snapshot(ctx)
     with redis_errors(ctx.redis_url):
         registry = ctx.queue().scheduled_job_registry.key
@@ -51,7 +51,7 @@ def overview(ctx: Phase1) -> dict[str, Any]:
     now = snap.at
     with ctx.read() as conn:
         rows = queries.rows_of(conn, [jid for jid, _ in scheduled])
-        minutes = queries.last_hour(conn, ctx.settings.queue, now.replace(tzinfo=None))
+        minutes = last_hour.get(conn, ctx.settings.queue, now.replace(tzinfo=None))
     return {
         "snap": snap,
         "now": now,
@@ -270,7 +270,8 @@ def plan(ctx: Phase1, plan_id: str) -> dict[str, Any]:
 
 
 def workers(ctx: Phase1) -> dict[str, Any]:
-    snap = monitor.snapshot(ctx)
+    found, scheduler = monitor.workers(ctx)
     with redis_errors(ctx.redis_url):
         is_paused = paused(ctx)
-    return {"snap": snap, "now": snap.at, "paused": is_paused}
+    return {"workers": found, "scheduler": scheduler, "queue": ctx.settings.queue,
+            "now": datetime.now(UTC), "paused": is_paused}  # fmt: skip

@@ -1,4 +1,4 @@
-<p class="updated">{{found.total}} job{{'s' if found.total != 1 else ''}}; page {{page}}.</p>
+<p class="updated">Page {{page}}: jobs {{found.offset + 1 if found.rows else 0}}–{{found.offset + len(found.rows)}}, newest first.</p>
 <div class="scroll"><table id="jobs">
 <thead><tr><th scope="col">Job</th><th scope="col">Plan</th><th scope="col">State</th><th scope="col">Attempt</th><th scope="col">Enqueued</th><th scope="col">Ended</th><th scope="col">Error</th></tr></thead>
 <tbody>

@@ -1,4 +1,4 @@
-<p class="updated">{{found.total}} plan{{'s' if found.total != 1 else ''}}; page {{page}}.</p>
+<p class="updated">Page {{page}}: plans {{found.offset + 1 if found.rows else 0}}–{{found.offset + len(found.rows)}}, newest first.</p>
 <div class="scroll"><table id="plans">
 <thead><tr><th scope="col">Plan</th><th scope="col">Status</th><th scope="col">Job</th><th scope="col">Tasks</th><th scope="col">Created</th></tr></thead>
 <tbody>

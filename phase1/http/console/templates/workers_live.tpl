@@ -1,15 +1,15 @@
-<p class="updated">Updated {{when(now)}}. Queue <code>{{snap.queue}}</code>
+<p class="updated">Updated {{when(now)}}. Queue <code>{{queue}}</code>
 % if paused:
 is <strong class="badge bad">paused</strong>.
 % elif paused is not None:
 is running.
 % end
-Scheduler: {{('running (' + (snap.scheduler.hostname or '?') + ', pid ' + str(snap.scheduler.pid or '?') + ')') if snap.scheduler.running else 'not running'}}.</p>
-% if snap.workers:
+Scheduler: {{('running (' + (scheduler.hostname or '?') + ', pid ' + str(scheduler.pid or '?') + ')') if scheduler.running else 'not running'}}.</p>
+% if workers:
 <div class="scroll"><table id="workers">
 <thead><tr><th scope="col">Worker</th><th scope="col">Host</th><th scope="col">PID</th><th scope="col">State</th><th scope="col">Current job</th><th scope="col">Last heartbeat</th><th scope="col">Done / failed</th></tr></thead>
 <tbody>
-% for w in snap.workers:
+% for w in workers:
 <tr><td>{{w.name}}</td><td>{{w.hostname or '-'}}</td><td>{{w.pid or '-'}}</td><td>{{w.state}}</td><td>
 % if w.jobId:
 <a href="/console/jobs/{{w.jobId}}">{{w.jobId}}</a>
