@@ -120,10 +120,20 @@ def log_in(driver: WebDriver, api: Api, path: str = "/console/") -> None:
     wait_for(lambda: driver.current_url.endswith(path), f"{path} after login")
 
 
+def click(driver: WebDriver, by: str, value: str) -> None:
+    """Click an element, found again if the page's live part was replaced meanwhile."""
+
+    def attempt() -> bool:
+        driver.find_element(by, value).click()
+        return True
+
+    wait_for(attempt, f"a click on {value}")
+
+
 def confirm(driver: WebDriver, button: str) -> None:
-    driver.find_element(By.ID, button).click()
+    click(driver, By.ID, button)
     wait_for(lambda: driver.find_elements(By.ID, "confirm"), "the confirmation page")
-    driver.find_element(By.ID, "confirm").click()
+    click(driver, By.ID, "confirm")
 
 
 def no_alert(driver: WebDriver) -> bool:
@@ -168,7 +178,7 @@ def test_dlq_inspect_fix_requeue_and_watch_it_complete(
     browser.get(api.base + "/console/dlq")
     assert "permanent" in text_of(browser, "#reasons")
     shot(browser, tmp_path, "dlq", docs=True)
-    browser.find_element(By.LINK_TEXT, job_id).click()
+    click(browser, By.LINK_TEXT, job_id)
     wait_for(lambda: browser.find_elements(By.ID, "entry-reason"), "the DLQ entry")
     assert text_of(browser, "#entry-reason") == "permanent"
     assert "invalid analysis" in text_of(browser, "#entry-error")

@@ -59,6 +59,17 @@ def test_every_page_is_html_with_a_strict_policy_and_escapes_titles(
         assert b"http://" not in local and b"https://" not in local and b"//cdn" not in local
     for path in ("/console/plans", f"/console/jobs/{job_id}", f"/console/plans/{plan_id}"):
         assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in api.request("GET", path).body
+    # The jobs page's filters: state, plan (part of its title, or its id) and time.
+    for query, shown in (
+        ("state=pending", True),
+        ("state=completed", False),
+        ("plan=%3Cscript", True),
+        (f"plan={plan_id}", True),
+        ("plan=no+such+title", False),
+        ("since=15m&state=pending", True),
+    ):
+        listed = api.request("GET", f"/console/jobs?{query}")
+        assert listed.status == 200 and (job_id.encode() in listed.body) == shown, query
     fragment = api.request("GET", "/console/", headers={"X-Console-Fragment": "1"})
     assert fragment.status == 200 and b"<html" not in fragment.body and b"Queued" in fragment.body
     for name in ("console.js", "console.css"):

@@ -18,17 +18,23 @@ PLAN_STATES = ("analyzed", "approved", "rejected")
 SINCE = {"15m": 900, "1h": 3600, "24h": 86_400, "7d": 604_800, "all": None}
 PAGE_SIZE = 50
 
+# The page is cut from the executions alone, then joined with its plans: an offset skips
+# rows without looking their plans up.
 SQL_JOBS = """
 SELECT e.job_id, e.plan_id, e.status, e.attempt_number, e.max_attempts, e.progress,
        e.created_at, e.completed_at, e.error_type, e.error_message, p.title
-FROM marketplace_job_executions e JOIN marketplace_plans p ON p.id = e.plan_id
-WHERE e.queue = %(queue)s
-  AND (%(status)s::text IS NULL OR e.status = %(status)s)
-  AND (%(plan_id)s::uuid IS NULL OR e.plan_id = %(plan_id)s)
-  AND (%(title)s::text IS NULL OR p.title ILIKE %(title)s)
-  AND (%(since)s::timestamp IS NULL OR e.created_at >= %(since)s)
+FROM (
+  SELECT * FROM marketplace_job_executions
+  WHERE queue = %(queue)s
+    AND (%(status)s::text IS NULL OR status = %(status)s)
+    AND (%(plan_id)s::uuid IS NULL OR plan_id = %(plan_id)s)
+    AND (%(title)s::text IS NULL
+         OR plan_id IN (SELECT id FROM marketplace_plans WHERE title ILIKE %(title)s))
+    AND (%(since)s::timestamp IS NULL OR created_at >= %(since)s)
+  ORDER BY created_at DESC, job_id
+  LIMIT %(limit)s OFFSET %(offset)s
+) e JOIN marketplace_plans p ON p.id = e.plan_id
 ORDER BY e.created_at DESC, e.job_id
-LIMIT %(limit)s OFFSET %(offset)s
 """
 
 SQL_PLANS = """

@@ -42,7 +42,7 @@ def paused(ctx: Phase1) -> bool | None:
 
 
 def overview(ctx: Phase1, last_hour: queries.LastHour) -> dict[str, Any]:
-    snap = monitor.snapshot(ctx)
+    snap = monitor.snapshot(ctx, last_hour=False)
     with redis_errors(ctx.redis_url):
         registry = ctx.queue().scheduled_job_registry.key
         waiting: Any = ctx.redis.zrange(registry, 0, SCHEDULED_SHOWN - 1, withscores=True)
@@ -57,6 +57,11 @@ def overview(ctx: Phase1, last_hour: queries.LastHour) -> dict[str, Any]:
         "now": now,
         "scheduled": [(jid, at, rows.get(jid)) for jid, at in scheduled],
         "paused": is_paused,
+        "hour": {
+            "completed": sum(m.completed for m in minutes),
+            "failed": sum(m.failed for m in minutes),
+            "retried": sum(m.retried for m in minutes),
+        },
         "outcomes_svg": chart.outcomes(minutes),
         "latency_svg": chart.latency(minutes),
     }

@@ -27,7 +27,7 @@ Pausing is not available in this build.
 </section>
 <section class="card"><h2>Workers</h2><p class="big"><a href="/console/workers" id="worker-count">{{len(snap.workers)}}</a></p>
 <p class="small">scheduler: {{'running on ' + (snap.scheduler.hostname or '?') if snap.scheduler.running else 'not running'}}</p></section>
-<section class="card"><h2>Last hour</h2><p class="small">{{snap.lastHour.completed}} completed, {{snap.lastHour.failed}} failed, {{snap.lastHour.failedAttempts}} failed attempts</p></section>
+<section class="card"><h2>Last hour</h2><p class="small" id="last-hour">{{hour['completed']}} completed, {{hour['failed']}} failed, {{hour['retried']}} attempts retried</p></section>
 </div>
 <div class="charts">
 <figure>{{!outcomes_svg}}<figcaption>Completed, failed and retried per minute</figcaption></figure>
