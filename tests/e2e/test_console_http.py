@@ -3,6 +3,7 @@ CSRF and read-only mode, without a browser (the browser tests are test_console_b
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import urlencode
 
@@ -45,7 +46,11 @@ def test_every_page_is_html_with_a_strict_policy_and_escapes_titles(
     with ctx.transaction() as conn:
         plan_id = plans.create_plan(conn, XSS, SAMPLE_ANALYSIS).id
     job_id = approval.approve(ctx, plan_id).job_id
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    meta = {"planId": str(plan_id), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    ctx.redis.hset(f"rq:job:{job_id}", "meta", json.dumps(meta))
     api = start_server(processes, settings)
+    assert trace.encode() in api.request("GET", f"/console/jobs/{job_id}").body
     for path in [*PAGES, f"/console/jobs/{job_id}", f"/console/plans/{plan_id}"]:
         answer = api.request("GET", path)
         assert answer.status == 200, (path, answer.body[:500])
@@ -95,19 +100,19 @@ def test_without_a_token_the_console_is_read_only(settings: Settings, processes:
 def test_with_a_token_login_is_needed_and_actions_need_the_csrf_token(
     make_settings: object, processes: Processes
 ) -> None:
-    settings = make_settings(api_token="console-secret")  # type: ignore[operator]
+    settings = make_settings(api_token="console-sécret")  # type: ignore[operator]
     api = start_server(processes, settings)
     first = api.request("GET", "/console/dlq")
     assert first.status == 303 and "/console/login" in (first.header("location") or "")
     assert api.request("GET", "/console/", headers={"X-Console-Fragment": "1"}).status == 401
     wrong = post(api, "/console/login", None, {"token": "nope", "next": "/console/dlq"})
     assert wrong.status == 401 and b"not the token" in wrong.body
-    good = post(api, "/console/login", None, {"token": "console-secret", "next": "/console/dlq"})
+    good = post(api, "/console/login", None, {"token": "console-sécret", "next": "/console/dlq"})
     assert good.status == 303 and good.header("location") == "/console/dlq"
     raw = (good.header("set-cookie") or "").lower()
     assert "httponly" in raw and "samesite=strict" in raw and "path=/console" in raw
     cookie = cookie_of(good)
-    offsite = post(api, "/console/login", None, {"token": "console-secret", "next": "//evil"})
+    offsite = post(api, "/console/login", None, {"token": "console-sécret", "next": "//evil"})
     assert offsite.header("location") == "/console/"
     page = api.request("GET", "/console/", headers={"Cookie": f"phase1_console={cookie}"})
     assert page.status == 200 and b"Log out" in page.body

@@ -168,7 +168,7 @@ class Console:
                 return visit
             if not self.guard.can_write:
                 return visit.finish(self.error(403, READ_ONLY, visit))
-            form = bottle.request.forms
+            form = _form()
             if not self.guard.csrf_matches(visit.session, form.get("csrf")):
                 return visit.finish(self.error(403, BAD_CSRF, visit))
             try:
@@ -198,7 +198,7 @@ class Console:
     def login(self) -> bottle.HTTPResponse:
         if not self.guard.login_required:
             return bottle.HTTPResponse(status=303, Location="/console/")
-        form = bottle.request.forms
+        form = _form()
         target = safe_next(form.get("next"))
         if not self.guard.token_matches(form.get("token") or ""):
             body = render.template("login", next=target, wrong=True)
@@ -213,7 +213,7 @@ class Console:
         visit = self.visit()
         if isinstance(visit, bottle.HTTPResponse):
             return visit
-        if not self.guard.csrf_matches(visit.session, bottle.request.forms.get("csrf")):
+        if not self.guard.csrf_matches(visit.session, _form().get("csrf")):
             return self.error(403, BAD_CSRF, visit)
         out = bottle.HTTPResponse(status=303, Location="/console/login")
         secure = bottle.request.urlparts.scheme == "https"
@@ -228,6 +228,11 @@ class Console:
         out = render.response(path.read_bytes(), 200, {"Content-Type": f"{kind}; charset=utf-8"})
         out.set_header("Cache-Control", "no-cache")
         return out
+
+
+def _form() -> Any:
+    """The request's form fields, read as UTF-8 (Bottle's own reading is Latin-1)."""
+    return bottle.request.forms.decode()
 
 
 def _secured(out: bottle.HTTPResponse) -> bottle.HTTPResponse:
