@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=30, gt=0, le=86_400)
     approval_mode: Literal["queue", "sync"] = "queue"
     api_token: SecretStr | None = None
+    # Without an API token the web console is read-only, unless this lets it act.
+    console_write: bool = False
     # A plain default (pydantic copies it per instance): `default_factory=list` made pydantic
     # read the builtin's signature, compiling tokenize's regexes (~10 ms of every start).
     webhook_urls: Annotated[list[str], NoDecode] = Field(default=[])

@@ -45,6 +45,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["PHASE1_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
     if settings.api_token:
         env["PHASE1_API_TOKEN"] = settings.api_token.get_secret_value()
+    if settings.console_write:
+        env["PHASE1_CONSOLE_WRITE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -11,7 +11,7 @@ from typing import Any
 import bottle
 
 from phase1.context import Phase1, build
-from phase1.http import errors, openapi, routes
+from phase1.http import console, errors, openapi, routes
 from phase1.http.deadline import GuardedPhase1, Watchdog
 from phase1.http.metrics import Metrics
 from phase1.settings import Settings
@@ -105,4 +105,5 @@ def create_app(settings: Settings, *, ctx: Phase1 | None = None, threads: int = 
     if settings.api_token is not None:
         app.add_hook("before_request", bearer_auth(settings.api_token.get_secret_value()))
     routes.install(app)
+    console.install(app)
     return app

@@ -139,8 +139,11 @@ class Snapshot(_Model):
     warnings: list[str]
 
 
-def snapshot(ctx: Phase1) -> Snapshot:
-    """Read the queue's state now; UnavailableError when Redis or PostgreSQL is not there."""
+def snapshot(ctx: Phase1, *, last_hour: bool = True) -> Snapshot:
+    """Read the queue's state now; UnavailableError when Redis or PostgreSQL is not there.
+
+    `last_hour=False` leaves the last hour's counts out (zeros): the web console counts them
+    from its own per-minute chart, which it reads far less often."""
     settings = ctx.settings
     at = datetime.now(UTC)
     with redis_errors(ctx.redis_url):
@@ -155,7 +158,11 @@ def snapshot(ctx: Phase1) -> Snapshot:
         redis_settings = _redis_settings(ctx)
         primary = primary_address(ctx.redis)
     with ctx.transaction() as conn:
-        last_hour = _last_hour(conn, settings.queue)
+        hour = (
+            _last_hour(conn, settings.queue)
+            if last_hour
+            else LastHour(completed=0, failed=0, failedAttempts=0)
+        )
         rows = _rows(conn, [job_id for job_id, _ in started])
     active = [_active(job_id, execution, rows.get(job_id), at) for job_id, execution in started]
     snap = Snapshot(
@@ -169,12 +176,18 @@ def snapshot(ctx: Phase1) -> Snapshot:
         dlq=dlq,
         workers=workers,
         scheduler=scheduler,
-        lastHour=last_hour,
+        lastHour=hour,
         webhooksQueued=webhooks,
         redisSettings=redis_settings,
         warnings=[],
     )
     return snap.model_copy(update={"warnings": warnings(snap)})
+
+
+def workers(ctx: Phase1) -> tuple[list[WorkerInfo], SchedulerInfo]:
+    """The queue's workers and its scheduler alone (Redis only): the console's workers page."""
+    with redis_errors(ctx.redis_url):
+        return _workers(ctx), _scheduler(ctx)
 
 
 def warnings(snap: Snapshot) -> list[str]:

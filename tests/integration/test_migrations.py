@@ -68,6 +68,10 @@ EXPECTED_COLUMNS = {
 EXPECTED_INDEXES = {
     "idx_plan_id_job",
     "idx_status",
+    "idx_executions_queue_created",
+    "idx_executions_completed",
+    "idx_attempts_ended",
+    "idx_plans_created",
     "uq_job_executions_plan",
     "uq_task_key_per_plan",
     "marketplace_job_executions_job_id_key",
@@ -111,7 +115,7 @@ def _schema(url: str) -> tuple[dict[str, dict[str, tuple[str, str, int | None]]]
 
 def test_all_migrations_give_the_expected_schema(empty_database: str) -> None:
     applied = db.migrate(empty_database)
-    assert applied == ["0001_initial", "0002_superseded_attempts"]
+    assert applied == ["0001_initial", "0002_superseded_attempts", "0003_console_indexes"]
     tables, indexes = _schema(empty_database)
     assert tables == EXPECTED_COLUMNS
     assert indexes == EXPECTED_INDEXES
@@ -138,8 +142,9 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(empty_databas
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     messages = sorted(err.decode() for _, err in outputs)
-    assert "applied 2 migration(s): 0001_initial, 0002_superseded_attempts" in messages[0]
+    applied = "0001_initial, 0002_superseded_attempts, 0003_console_indexes"
+    assert f"applied 3 migration(s): {applied}" in messages[0]
     assert "up to date" in messages[1]
     with psycopg.connect(empty_database) as conn:
         count = conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()
-    assert count == (2,)
+    assert count == (3,)

@@ -1,0 +1,2 @@
+<h1>Dead-letter queue</h1>
+<div id="live">{{!live}}</div>

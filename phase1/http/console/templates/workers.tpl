@@ -1,0 +1,2 @@
+<h1>Workers</h1>
+<div id="live">{{!live}}</div>
