@@ -56,7 +56,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
-from phase1.engine import success_writes
+from phase1.engine import rqcompat, success_writes
 from phase1.engine.dequeue import can_take as _can_take
 from phase1.engine.dequeue import taken
 from phase1.engine.prefetch import HeldJobs, Taken, before_start
@@ -111,7 +111,7 @@ class LaneWorker(HeldJobs, SimpleWorker):
         """Whether the job's success is the lane's to record (RQ's steps otherwise)."""
         return (
             not job.repeats_left
-            and not job._success_callback_name
+            and not rqcompat.has_success_callback(job)
             and not job.webhooks
             and not job.has_rate_limit
             and job.get_result_ttl(self.default_result_ttl) > 0
@@ -123,7 +123,7 @@ class LaneWorker(HeldJobs, SimpleWorker):
         if self._no_take_once:
             self._no_take_once = False
             return False
-        return not (self._stop_requested or not _can_take(self.connection))
+        return not (rqcompat.stop_requested(self) or not _can_take(self.connection))
 
     def _following(self) -> Taken | None:
         """The job the worker holds to run next, if the lane took it."""
@@ -162,23 +162,23 @@ class LaneWorker(HeldJobs, SimpleWorker):
                 value = job.perform()
             if isinstance(value, Retry):
                 self._settle()
-                self._finalize_success(job, queue, execution, value)
+                rqcompat.finalize_success(self, job, queue, execution, value)
                 return
             job.ended_at = job.last_heartbeat = now()
-            job._result = value
-            job._status = JobStatus.FINISHED
+            rqcompat.set_result_field(job, value)
+            rqcompat.set_status_field(job, JobStatus.FINISHED)
             self._finish_plain(job, queue, execution, value)
         except:  # noqa: E722 -- as RQ's perform_job: anything raised fails the job
             exc_info = sys.exc_info()
             self._settle_quietly()
             self._unlist(job)
-            self._finalize_failure(job, queue, execution, exc_info)
+            rqcompat.finalize_failure(self, job, queue, execution, exc_info)
 
     def _mark_started(self, job: Job, execution: Execution) -> None:
         """What RQ's prepare_for_execution sets on the job, for a job STEP started."""
         job.worker_name = self.name
         job.last_heartbeat = job.started_at = execution.created_at
-        job._status = JobStatus.STARTED
+        rqcompat.set_status_field(job, JobStatus.STARTED)
 
     def _finish_plain(self, job: Job, queue: Queue, execution: Execution, value: Any) -> None:
         assert job.started_at is not None and job.ended_at is not None
@@ -189,7 +189,7 @@ class LaneWorker(HeldJobs, SimpleWorker):
         args += [repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp())]
         args += [encoded(value, self.serializer)]
         args += [repr((job.ended_at - job.started_at).total_seconds())]
-        args += [job.dependents_key, job.dependencies_key if job._dependency_ids else ""]
+        args += [job.dependents_key, job.dependencies_key if rqcompat.has_dependencies(job) else ""]
         stage = success_writes.current
         # Ahead: the job to run next is held already (not started), so this STEP can start it
         # before the answer of the STEP on its way is read; that answer is read after it.
@@ -306,9 +306,9 @@ class LaneWorker(HeldJobs, SimpleWorker):
         takes after that without starting them), or '-' (nothing)."""
         if not (take or peeks):
             return ["-"]
-        order = tuple(q.key for q in self._ordered_queues)
+        order = tuple(q.key for q in rqcompat.ordered_queues(self))
         if self._next_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
-            keys = [q.key for q in self._ordered_queues]
+            keys = [q.key for q in rqcompat.ordered_queues(self)]
             pairs: list[Any] = []
             for key in keys:
                 pairs += [key, IntermediateQueue.get_intermediate_queue_key(key)]

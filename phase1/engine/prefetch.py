@@ -24,9 +24,8 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.utils import as_text
 
-from phase1.engine.dequeue import HAND_BACK
 from phase1.engine.leftbehind import STUCK_AFTER
-from phase1.engine.scripts import STARTED_FIELDS, UNSTART
+from phase1.engine.scripts import HAND_BACK, STARTED_FIELDS, UNSTART
 from phase1.engine.steps import StepsOnTheirWay
 
 GIVE_BACK_AFTER = STUCK_AFTER / 4

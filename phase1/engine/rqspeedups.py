@@ -21,6 +21,8 @@ import rq.utils
 import rq.worker.base
 from rq.timeouts import UnixSignalDeathPenalty
 
+from phase1.engine import rqcompat
+
 _rq_resolve_serializer = rq.serializers.resolve_serializer
 _resolved: dict[Any, Any] = {}
 
@@ -115,7 +117,7 @@ class AlarmDeathPenalty(UnixSignalDeathPenalty):
         # member first, and the ValueError that costs ~5 µs a job here.
         if _signal.getsignal(_SIGALRM) is not _on_alarm:  # first, or replaced since
             signal.signal(signal.SIGALRM, _on_alarm)
-        signal.alarm(self._timeout)
+        signal.alarm(rqcompat.penalty_timeout(self))
 
     def cancel_death_penalty(self) -> None:
         signal.alarm(0)

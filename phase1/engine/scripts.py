@@ -1,5 +1,6 @@
-"""The lane's Lua scripts (STEP, UNSTART) and the values they read and write, in RQ's own
-formats. phase1.engine.bookkeeping's LaneWorker runs them."""
+"""Every Lua script of the engine (TAKE, HAND_BACK, STEP, UNSTART, PUT_BACK) and the values
+they read and write, in RQ's own formats. Kept in one module so that what the engine runs in
+Redis can be read (and listed: ALL) in one place."""
 
 from __future__ import annotations
 
@@ -244,6 +245,63 @@ return 1
 )
 # The job hash fields STEP's start changes, restored by UNSTART.
 STARTED_FIELDS = (b"status", b"started_at", b"worker_name", b"last_heartbeat")
+
+# Take the first waiting job of the queues (in order) and read its hash, in one call. The id
+# moves to its queue's intermediate list (RQ's LMOVE, for every queue, not only when there is
+# one): a worker that dies before it marks the job started leaves it where the maintenance
+# pass finds it and puts it back (phase1.engine.leftbehind), instead of nowhere. Ids whose hash
+# is gone are dropped, as RQ skips them.
+TAKE = """
+-- KEYS: queue keys, in order; ARGV[1]: job key prefix; ARGV[1 + i]: KEYS[i]'s intermediate list
+for i, key in ipairs(KEYS) do
+  local intermediate = ARGV[i + 1]
+  while true do
+    local id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
+    if not id then
+      break
+    end
+    local hash = redis.call('HGETALL', ARGV[1] .. id)
+    if #hash > 0 then
+      return {key, id, hash}
+    end
+    redis.call('LREM', intermediate, 1, id)
+  end
+end
+return false
+"""
+TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
+
+# Put a job taken but not started back at the front of its queue.
+HAND_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+# Put a left-behind job back, if it is still in the list and still waiting to run; a job
+# already back on its queue (put there by someone else) is only taken off the list. A job in
+# any other state is taken off the list too: it is not waiting to run, and RQ's registries
+# (or the orphan sweep) look after it.
+# KEYS: intermediate list, queue, job hash, sightings hash, RQ's first-seen key; ARGV: job id
+PUT_BACK = """
+local id = ARGV[1]
+redis.call('HDEL', KEYS[4], id)
+redis.call('DEL', KEYS[5])
+if redis.call('LREM', KEYS[1], 1, id) == 0 then
+  return 0
+end
+if redis.call('HGET', KEYS[3], 'status') ~= 'queued' or redis.call('LPOS', KEYS[2], id) then
+  return -1
+end
+redis.call('LPUSH', KEYS[2], id)
+return 1
+"""
+
+# Every script the engine runs, by name (a server the engine never ran on holds none of them).
+ALL = {"TAKE": TAKE, "HAND_BACK": HAND_BACK, "STEP": STEP, "UNSTART": UNSTART, "PUT_BACK": PUT_BACK}
 
 
 def encoded(value: Any, serializer: Any) -> str:

@@ -47,21 +47,36 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.suspension import is_suspended
+from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import as_text, now, utcformat
 from rq.worker import WorkerStatus
 
-from phase1.engine import bookkeeping, dequeue, success_writes
+from phase1.engine import bookkeeping, dequeue, rqcompat, scripts, success_writes
 from phase1.engine.rqspeedups import AlarmDeathPenalty, JobLinesAtDebug, speed_up_rq
 
 HOUSEKEEPING_S = 1.0
 
 log = logging.getLogger(__name__)
+_warned = False
+
+
+def _warn_untested_rq() -> None:
+    """One line, once a process: this RQ is not the one the engine was tested with."""
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning(
+            "rq %s is installed but phase1's fast worker was tested with rq %s: running RQ's "
+            "own worker paths",
+            rqcompat.installed(),
+            rqcompat.TESTED_RQ,
+        )
 
 
 class FastWorker(bookkeeping.LaneWorker):
     """RQ's SimpleWorker with its per-job Redis bookkeeping in fewer round trips."""
 
-    death_penalty_class = AlarmDeathPenalty
+    death_penalty_class: type[UnixSignalDeathPenalty] = AlarmDeathPenalty
 
     # get_heartbeat_ttl(job) = t + max(extra, t * mult) + add, where t = job.timeout or
     # `default`; `forever` for a negative timeout. As data, so the lane's Lua applies it to a
@@ -75,6 +90,16 @@ class FastWorker(bookkeeping.LaneWorker):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # On an RQ it was not tested with, RQ's SimpleWorker as it is: every override below
+        # defers to RQ, no Lua of the engine runs and RQ's modules are left unpatched. One
+        # flag checked at the few entry points RQ calls keeps one class for both (subclasses
+        # such as phase1's stay what they are either way).
+        self.fast = rqcompat.supported()
+        if not self.fast:
+            _warn_untested_rq()
+            super().__init__(*args, **kwargs)
+            self.death_penalty_class = UnixSignalDeathPenalty  # RQ's (AlarmDeathPenalty: ours)
+            return
         speed_up_rq()
         super().__init__(*args, **kwargs)
         if self.queue_class is Queue:  # a queue class of the caller's own is kept
@@ -101,7 +126,7 @@ class FastWorker(bookkeeping.LaneWorker):
     # -- the worker's own heartbeat, state and suspension check ---------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        if pipeline is not None or timeout is not None:
+        if pipeline is not None or timeout is not None or not self.fast:
             super().heartbeat(timeout, pipeline=pipeline)
             self._housekept_at = time.monotonic()
             return
@@ -119,6 +144,9 @@ class FastWorker(bookkeeping.LaneWorker):
         self._housekept_at = time.monotonic()
 
     def check_for_suspension(self, burst: bool) -> None:
+        if not self.fast:
+            super().check_for_suspension(burst)
+            return
         if time.monotonic() - self._suspension_checked_at < HOUSEKEEPING_S:
             return
         if self._holds_behind() and is_suspended(self.connection, self):
@@ -127,8 +155,8 @@ class FastWorker(bookkeeping.LaneWorker):
         self._suspension_checked_at = time.monotonic()
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        if pipeline is None and state == self._state_written:
-            self._state = state
+        if pipeline is None and state == self._state_written and self.fast:
+            rqcompat.set_state_field(self, state)
             return
         super().set_state(state, pipeline=pipeline)
         self._state_written = state
@@ -142,6 +170,9 @@ class FastWorker(bookkeeping.LaneWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """SimpleWorker's execute_job: a plain job through the lane (bookkeeping.py), others with
         prepare_execution's writes left in a pipeline that prepare_job_execution sends."""
+        if not self.fast:
+            super().execute_job(job, queue)
+            return
         taken = None
         if self._prefetched is not None and self._prefetched[0].id == job.id:
             taken = self._prefetched_taken  # started now: no longer to hand back
@@ -213,6 +244,9 @@ class FastWorker(bookkeeping.LaneWorker):
             self.set_state(WorkerStatus.IDLE)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if not self.fast:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
         started, self._already_started = self._already_started, None
         if started is not None and started[0] == job.id:  # the lane wrote it all already
             self._mark_started(job, started[1])
@@ -240,7 +274,7 @@ class FastWorker(bookkeeping.LaneWorker):
     # -- finishing a job: the end-of-run heartbeat and `idle` ride in RQ's pipeline ---------
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        if job.get_status(refresh=False) == JobStatus.FAILED:  # the failure path: RQ's own
+        if not self.fast or job.get_status(refresh=False) == JobStatus.FAILED:  # RQ's own
             if (
                 success_writes.current is not None
             ):  # before the failure is handled, as they happened
@@ -260,7 +294,7 @@ class FastWorker(bookkeeping.LaneWorker):
     ) -> None:
         """RQ's success bookkeeping in one MULTI/EXEC (with what the job staged); RQ's own
         for repeating and rate-limited jobs."""
-        if job.repeats_left or job.has_rate_limit:
+        if not self.fast or job.repeats_left or job.has_rate_limit:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
         stage = success_writes.current
@@ -273,7 +307,8 @@ class FastWorker(bookkeeping.LaneWorker):
                 self.increment_total_working_time(job.ended_at - job.started_at, pipe)
                 result_ttl = job.get_result_ttl(self.default_result_ttl)
                 if result_ttl != 0:
-                    job._handle_success(
+                    rqcompat.write_success(
+                        job,
                         result_ttl,
                         pipeline=pipe,
                         worker_name=self.name,
@@ -282,7 +317,7 @@ class FastWorker(bookkeeping.LaneWorker):
                         execution_ended_at=job.ended_at,
                     )
                 job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                job._status = JobStatus.FINISHED
+                rqcompat.set_status_field(job, JobStatus.FINISHED)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 for write, _ in staged:
                     write(pipe)
@@ -317,18 +352,18 @@ class FastWorker(bookkeeping.LaneWorker):
         to stop (or Redis lacks LMOVE)."""
         if not self._take_next() or self._prefetched is not None or self._peeked:
             return False
-        order = tuple(q.key for q in self._ordered_queues)
+        order = tuple(q.key for q in rqcompat.ordered_queues(self))
         if self._take_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
-            keys, args = dequeue.take_args(list(self._ordered_queues), self.job_class)
+            keys, args = dequeue.take_args(rqcompat.ordered_queues(self), self.job_class)
             self._take_call = (order, [len(keys), *keys, *args])
-        pipe.evalsha(dequeue.TAKE_SHA, *self._take_call[1])
+        pipe.evalsha(scripts.TAKE_SHA, *self._take_call[1])
         return True
 
     def _keep_taken(self, answer: Any, sent_at: float) -> None:
         if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart: load it for next time
             self.log.debug("Worker %s: taking the next job failed: %s", self.name, answer)
             with contextlib.suppress(RedisError):
-                self.connection.script_load(dequeue.TAKE)
+                self.connection.script_load(scripts.TAKE)
             return
         if not answer:
             return
@@ -344,6 +379,8 @@ class FastWorker(bookkeeping.LaneWorker):
     ) -> tuple[Job, Queue] | None:
         # The taken job stays in _prefetched until execute_job starts it: a stop signal that
         # comes before the caller holds it (and raises StopRequested) must still hand it back.
+        if not self.fast:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         self._give_back_stale()  # if it waited too long (a slow maintenance pass, a stall)
         taken = self._prefetched
         if taken is None:
@@ -356,17 +393,22 @@ class FastWorker(bookkeeping.LaneWorker):
 
     def hand_back_taken(self) -> None:
         """A job taken for next but not started goes back to the front of its queue; so does
-        one a stop signal caught between its pop and the worker holding it."""
+        one a stop signal caught between its pop and the worker holding it. (RQ's own
+        worker, on an untested RQ, holds none.)"""
+        if not self.fast:
+            return
         with contextlib.suppress(RedisError):
             self._settle()  # what the last STEPs took is known after their answers
         self._return_held()
         popped, dequeue.popped = dequeue.popped, None
         # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
-        if popped is not None and self._stop_requested:
+        if popped is not None and rqcompat.stop_requested(self):
             queue_key, job_id, intermediate = popped
             self._hand_back(queue_key, job_id, from_intermediate=intermediate)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.fast:
+            return bool(super().work(*args, **kwargs))
         try:
             return bool(super().work(*args, **kwargs))
         finally:
@@ -376,6 +418,9 @@ class FastWorker(bookkeeping.LaneWorker):
     def cleanup_execution(
         self, job: Job, pipeline: Pipeline, execution: Execution | None = None
     ) -> None:
+        if not self.fast:
+            super().cleanup_execution(job, pipeline, execution)
+            return
         ended = self._ended_heartbeat  # kept: RQ retries its pipeline on WatchError
         if ended is not None and ended[0] == job.id and self._job_hash_kept(job):
             pipeline.hset(job.key, "last_heartbeat", ended[1])
