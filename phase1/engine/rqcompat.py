@@ -11,6 +11,9 @@ RQ's own paths (phase1.engine.worker) and no speed-up patches RQ (phase1.engine.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +38,8 @@ PRIVATE_NAMES: dict[str, str] = {
     "BaseWorker._shutdown_requested_date": "when the first stop signal came (a repeat within "
     "a second is ignored)",
     "BaseWorker._state": "the state RQ reports, set without a write when Redis has it already",
+    "BaseWorker._pubsub_exception_handler": "RQ's handler for errors of its command listener "
+    "thread, which `subscribe` starts with a shorter poll",
     "BaseWorker._exc_handlers": "the exception handlers RQ's clean_registries is given",
     "BaseWorker._finalize_success": "RQ's end of a job that returned (a Retry among them)",
     "BaseWorker._finalize_failure": "RQ's end of a job that raised; phase1 puts an "
@@ -52,6 +57,22 @@ PRIVATE_NAMES: dict[str, str] = {
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 W = TypeVar("W", bound=type[Any])
+
+
+_warned = False
+
+
+def warn_untested(log: logging.Logger) -> None:
+    """One line, once a process: this RQ is not the one the engine was tested with."""
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning(
+            "rq %s is installed but phase1's fast worker was tested with rq %s: running RQ's "
+            "own worker paths",
+            installed(),
+            TESTED_RQ,
+        )
 
 
 def minor(version: str) -> str:
@@ -75,6 +96,17 @@ def ordered_queues(worker: BaseWorker) -> list[Queue]:
     return list(worker._ordered_queues)
 
 
+@contextmanager
+def ordered_queues_set_to(worker: BaseWorker, queues: list[Queue]) -> Iterator[None]:
+    """RQ's blocking dequeue reads the worker's ordered queues: these, for its duration."""
+    kept = worker._ordered_queues
+    worker._ordered_queues = list(queues)
+    try:
+        yield
+    finally:
+        worker._ordered_queues = kept
+
+
 def stop_requested(worker: BaseWorker) -> bool:
     return bool(worker._stop_requested)
 
@@ -91,6 +123,19 @@ def shutdown_requested_date(worker: BaseWorker) -> datetime | None:
 
 def set_state_field(worker: BaseWorker, state: str) -> None:
     worker._state = state
+
+
+def subscribe(worker: BaseWorker, poll_s: float) -> None:
+    """RQ's subscribe (the thread that listens for `rq` commands), polling every `poll_s`
+    (RQ: 60 s). redis-py 8's PubSubWorkerThread.stop() waits for the thread, which sleeps that
+    long once unsubscribed: RQ's teardown, after register_death, stalled up to a minute, so a
+    stopping worker exited late and its hash (expiring 60 s after its death) was gone."""
+    worker.log.info("Worker %s: subscribing to channel %s", worker.name, worker.pubsub_channel_name)
+    worker.pubsub = worker.connection.pubsub()
+    worker.pubsub.subscribe(**{worker.pubsub_channel_name: worker.handle_payload})
+    worker.pubsub_thread = worker.pubsub.run_in_thread(  # type: ignore[assignment]
+        sleep_time=poll_s, daemon=True, exception_handler=worker._pubsub_exception_handler
+    )
 
 
 def exc_handlers(worker: BaseWorker) -> list[Any]:

@@ -358,6 +358,14 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
         finally:
             _forking_horse = False
 
+    def subscribe(self) -> None:
+        """RQ's, its command listener polling every second: RQ's 60 s stalled the worker's
+        exit by up to a minute (rqcompat.subscribe)."""
+        if not rqcompat.supported():
+            super().subscribe()  # type: ignore[no-untyped-call]
+            return
+        rqcompat.subscribe(self, 1.0)
+
     def setup_work_horse_signals(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
