@@ -103,7 +103,7 @@ class StepSender:
         pending = Pending(self.sender, step, job, queue, time.monotonic())
         try:
             # hiredis packs STEP's str and int arguments directly (redis-py's send_command
-            # would first look at each of its ~45 arguments for bytearrays and memoryviews).
+            # would first look at each of its arguments for bytearrays and memoryviews).
             packed = pack_command(("EVALSHA", STEP_SHA, 0, *step.to_args()))
             self.sender.send_packed_command([packed])  # type: ignore[no-untyped-call]
         except RedisConnectionError as exc:

@@ -82,16 +82,20 @@ def test_a_burst_worker_with_every_queue_left_out_takes_nothing(
 def test_a_worker_with_no_queue_to_take_from_waits_without_spinning_then_takes(
     redis: Redis, settings: Settings, processes: Processes
 ) -> None:
-    """A real worker process: every queue paused, a job waits (the worker idles at a few
-    percent of a core at most); unpaused, the job runs within seconds."""
-    queue = Queue(settings.queue, connection=redis, serializer=JSONSerializer)
-    redis.sadd(PAUSED_KEY, queue.name)
-    argv = [RQ, "worker", queue.name, "--url", settings.redis_url or ""]
+    """A real worker process on two queues. Both paused: their jobs wait, and the worker idles
+    (a small share of a core at most). One taken up again: its job runs while the other's
+    waits. The other taken up again too, while the worker blocks on the first: its job runs
+    within seconds."""
+    first = Queue(settings.queue, connection=redis, serializer=JSONSerializer)
+    second = Queue(f"{settings.queue}-b", connection=redis, serializer=JSONSerializer)
+    redis.sadd(PAUSED_KEY, first.name, second.name)
+    argv = [RQ, "worker", first.name, second.name, "--url", settings.redis_url or ""]
     argv += ["--serializer", "rq.serializers.JSONSerializer"]
     argv += ["--worker-class", "pausing_worker.PausingWorker"]
     env = {"PYTHONPATH": f"{Path(__file__).parents[1]}:{Path(__file__).parents[2]}"}
     worker = processes.start(argv, settings, env=env)
-    job = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    waiting = first.enqueue("bench.jobs.noop", result_ttl=600)
+    other = second.enqueue("bench.jobs.noop", result_ttl=600)
     wait_until(
         lambda: (
             b"Listening on" in Path(processes.tmp_path / "proc-0.log").read_bytes()
@@ -103,15 +107,19 @@ def test_a_worker_with_no_queue_to_take_from_waits_without_spinning_then_takes(
     assert worker.poll() is None, processes.log()
     cpu_before = _cpu_seconds(worker.pid)
     window = time.monotonic() + 2.5
-    while time.monotonic() < window:  # the job must stay queued all this while
-        assert job.get_status() == JobStatus.QUEUED
+    while time.monotonic() < window:  # the jobs must stay queued all this while
+        assert waiting.get_status() == other.get_status() == JobStatus.QUEUED
         time.sleep(0.1)
     cpu = _cpu_seconds(worker.pid) - cpu_before
     assert cpu < 1.0, f"the paused worker used {cpu:.2f} s of CPU in 2.5 s"
-    assert queue.get_job_ids() == [job.id] and redis.llen(f"{queue.key}:intermediate") == 0
+    assert redis.llen(f"{first.key}:intermediate") == redis.llen(f"{second.key}:intermediate") == 0
 
-    redis.srem(PAUSED_KEY, queue.name)
-    wait_until(lambda: job.get_status() == JobStatus.FINISHED, timeout=30, what="the job run")
+    redis.srem(PAUSED_KEY, second.name)
+    wait_until(lambda: other.get_status() == JobStatus.FINISHED, timeout=30, what="its job run")
+    assert waiting.get_status() == JobStatus.QUEUED and first.get_job_ids() == [waiting.id]
+
+    redis.srem(PAUSED_KEY, first.name)
+    wait_until(lambda: waiting.get_status() == JobStatus.FINISHED, timeout=30, what="the job run")
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -58,3 +58,17 @@ def test_supported_follows_rqs_version(
 
 def test_the_tested_minor_is_the_installed_one_and_the_pin() -> None:
     assert rqcompat.minor(rq.__version__) == rqcompat.TESTED_RQ
+
+
+def test_rq_is_not_patched_when_untested(monkeypatch: pytest.MonkeyPatch) -> None:
+    from phase1.engine import rqspeedups
+
+    monkeypatch.setattr(rq.job, "str_to_date", rqspeedups._rq_str_to_date)
+    monkeypatch.setattr(rq.job, "resolve_serializer", rqspeedups._rq_resolve_serializer)
+    monkeypatch.setattr(rq, "__version__", "3.9.0")
+    rqspeedups.speed_up_rq()
+    assert rq.job.str_to_date is rqspeedups._rq_str_to_date
+    assert rq.job.resolve_serializer is rqspeedups._rq_resolve_serializer
+    monkeypatch.setattr(rq, "__version__", "3.0.0")
+    rqspeedups.speed_up_rq()
+    assert rq.job.str_to_date is rqspeedups.str_to_date
