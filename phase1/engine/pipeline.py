@@ -42,8 +42,17 @@ from phase1.engine import rqcompat, scripts, success_writes
 from phase1.engine.dequeue import can_take, take_args, taken
 from phase1.engine.held import HeldJobs, Taken, before_start
 from phase1.engine.rqformat import encoded, stamp, utc
-from phase1.engine.scripts import Finish, Given, Header, Next, Step, StepAnswer, TakeFrom
 from phase1.engine.sender import Pending, StepSender
+from phase1.engine.stepargs import (
+    Finish,
+    Given,
+    Header,
+    Next,
+    Step,
+    StepAnswer,
+    TakeFrom,
+    TakenEntry,
+)
 
 if TYPE_CHECKING:
     from phase1.engine.worker import FastWorker
@@ -329,7 +338,7 @@ class StepPipeline:
             queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(finished))
 
     def _keep(
-        self, entry: scripts.TakenEntry, sent_at: float, started: tuple[str, float] | None = None
+        self, entry: TakenEntry, sent_at: float, started: tuple[str, float] | None = None
     ) -> None:
         """Hold a job STEP took: as the job to run next, or as one after it."""
         fields = dict(zip(entry.flat[::2], entry.flat[1::2], strict=True))

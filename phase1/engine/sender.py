@@ -25,7 +25,8 @@ from rq.job import Job
 from rq.queue import Queue
 
 from phase1.engine import success_writes
-from phase1.engine.scripts import STEP, STEP_SHA, Step, StepAnswer, step_answer
+from phase1.engine.scripts import STEP, STEP_SHA
+from phase1.engine.stepargs import Step, StepAnswer, step_answer
 
 if TYPE_CHECKING:
     from phase1.engine.worker import FastWorker

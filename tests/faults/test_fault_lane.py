@@ -19,8 +19,9 @@ from rq.serializers import JSONSerializer
 
 from faults.faultkit import OwnRedis
 from phase1.engine import pipeline
-from phase1.engine.scripts import STEP_SHA, Step
+from phase1.engine.scripts import STEP_SHA
 from phase1.engine.sender import Pending
+from phase1.engine.stepargs import Step
 from phase1.engine.worker import FastWorker
 
 OwnRedisFactory = Callable[..., OwnRedis]
