@@ -2,9 +2,7 @@
 
 One call (STEP) records the success of the job just run, starts the next one and takes the
 one after it off its queue (into RQ's intermediate list), with exactly the keys, fields,
-registry entries and expiries RQ's own worker writes for those steps. Only the Python
-changes: no RQ Job save, Result or Execution objects per job, one EVALSHA instead of about
-40 commands.
+registry entries and expiries RQ's own worker writes for those steps.
 
 STEP is sent and the next job run at once; its answer (the jobs taken after it, the finished
 job's dependents) is read when that job ends. Redis runs one connection's commands in order,

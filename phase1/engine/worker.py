@@ -30,7 +30,6 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.defaults import DEFAULT_WORKER_TTL
-from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
@@ -40,7 +39,7 @@ from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from phase1.engine import dequeue, rqcompat, success_writes
+from phase1.engine import dequeue, paused, rqcompat, success_writes
 from phase1.engine.pipeline import StepPipeline
 from phase1.engine.rqspeedups import AlarmDeathPenalty, JobLinesAtDebug, speed_up_rq
 
@@ -353,46 +352,7 @@ class FastWorker(SimpleWorker):
     def _dequeue_from_queues_to_take(
         self, timeout: int | None, max_idle_time: int | None
     ) -> tuple[Job, Queue] | None:
-        """RQ's (blocking) dequeue when `queues_to_take` names every queue. Otherwise a burst
-        worker takes what it may now, if anything; a waiting one blocks on the queues named
-        (none: sleeps) a second at a time, beating and running maintenance as RQ's loop
-        does, so that a queue taken up again, or left out, is seen within that second."""
-        while True:
-            queues = self.queues_to_take()
-            if queues == rqcompat.ordered_queues(self):  # all of them: RQ's own, as it is
-                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            result = None
-            if timeout is None:  # burst: nothing to wait for
-                if not queues:
-                    return None
-                with rqcompat.ordered_queues_set_to(self, queues):
-                    result = super().dequeue_job_and_maintain_ttl(None, max_idle_time)
-                if result is None:
-                    return None
-            else:
-                self.set_state(WorkerStatus.IDLE)
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
-                if rqcompat.stop_requested(self):
-                    return None
-                if not queues:
-                    time.sleep(1.0)
-                    continue
-                with contextlib.suppress(DequeueTimeout):
-                    result = self.queue_class.dequeue_any(
-                        queues,
-                        1,
-                        connection=self.connection,
-                        job_class=self.job_class,
-                        serializer=self.serializer,
-                        death_penalty_class=self.death_penalty_class,
-                    )
-                if result is None:
-                    continue
-                result[0].redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-            self.reorder_queues(reference_queue=result[1])  # on all of them, as RQ
-            return result
+        return paused.dequeue(self, super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
 
     def hand_back_taken(self) -> None:
         """A job taken for next but not started goes back to the front of its queue; so does
