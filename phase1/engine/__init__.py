@@ -8,7 +8,10 @@ beside it stay correct. A job may hand it Redis writes to send with its success 
 
 This package imports nothing of phase1 outside itself. Every private RQ name it relies on is
 reached through `phase1.engine.rqcompat`, which also says whether the installed RQ is the one
-it was tested with. Names load on first use, so importing one part loads no other.
+it was tested with (on another, FastWorker runs RQ's own paths). Begin at worker.py, then
+pipeline.py (which owns held.py and sender.py), scripts.py and stepargs.py. Subclasses pause
+queues with `FastWorker.queues_to_take`. Names load on first use, so importing one part
+loads no other.
 """
 
 from __future__ import annotations

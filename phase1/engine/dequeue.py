@@ -1,9 +1,8 @@
-"""Taking jobs off RQ's queues for FastWorker: TAKE (one Lua call), hand-back, and the
-pop a stop signal may catch before the worker holds the job."""
+"""Taking jobs off RQ's queues for FastWorker: TAKE's arguments and answer (the script is in
+phase1.engine.scripts), and the pop a stop signal may catch before the worker holds the job."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from redis import Redis
@@ -12,39 +11,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.utils import as_text, get_version
 
-# Take the first waiting job of the queues (in order) and read its hash, in one call. The id
-# moves to its queue's intermediate list (RQ's LMOVE, for every queue, not only when there is
-# one): a worker that dies before it marks the job started leaves it where the maintenance
-# pass finds it and puts it back (phase1.engine.leftbehind), instead of nowhere. Ids whose hash
-# is gone are dropped, as RQ skips them.
-TAKE = """
--- KEYS: queue keys, in order; ARGV[1]: job key prefix; ARGV[1 + i]: KEYS[i]'s intermediate list
-for i, key in ipairs(KEYS) do
-  local intermediate = ARGV[i + 1]
-  while true do
-    local id = redis.call('LMOVE', key, intermediate, 'LEFT', 'RIGHT')
-    if not id then
-      break
-    end
-    local hash = redis.call('HGETALL', ARGV[1] .. id)
-    if #hash > 0 then
-      return {key, id, hash}
-    end
-    redis.call('LREM', intermediate, 1, id)
-  end
-end
-return false
-"""
-TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
-
-# Put a job taken but not started back at the front of its queue.
-HAND_BACK = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
+from phase1.engine.scripts import TAKE
 
 
 def take_args(queues: list[Queue], job_class: type[Job]) -> tuple[list[str], list[str]]:

@@ -28,35 +28,18 @@ from rq.utils import as_text
 from rq.utils import now as utc_now
 from rq.worker import BaseWorker
 
+from phase1.engine import rqcompat
+from phase1.engine.scripts import PUT_BACK
+
 log = logging.getLogger(__name__)
 
 STUCK_AFTER = 60.0
 SIGHTINGS_TTL = 24 * 3600  # a queue no worker looks after any more leaves nothing for good
 
 
-# Put a left-behind job back, if it is still in the list and still waiting to run; a job
-# already back on its queue (put there by someone else) is only taken off the list. A job in
-# any other state is taken off the list too: it is not waiting to run, and RQ's registries
-# (or the orphan sweep) look after it.
-# KEYS: intermediate list, queue, job hash, sightings hash, RQ's first-seen key; ARGV: job id
 def sightings_key(queue_name: str) -> str:
     """Hash of the jobs in a queue's intermediate list, each with the time first seen there."""
     return f"phase1:{queue_name}:intermediate-seen"
-
-
-PUT_BACK = """
-local id = ARGV[1]
-redis.call('HDEL', KEYS[4], id)
-redis.call('DEL', KEYS[5])
-if redis.call('LREM', KEYS[1], 1, id) == 0 then
-  return 0
-end
-if redis.call('HGET', KEYS[3], 'status') ~= 'queued' or redis.call('LPOS', KEYS[2], id) then
-  return -1
-end
-redis.call('LPUSH', KEYS[2], id)
-return 1
-"""
 
 
 def put_back_left_behind(queue: Queue, now: float | None = None) -> list[str]:
@@ -108,16 +91,20 @@ def put_back_left_behind(queue: Queue, now: float | None = None) -> list[str]:
 
 class PutsBackLeftBehind(BaseWorker):
     """A worker whose registry maintenance runs `put_back_left_behind` in place of RQ's pass
-    over the intermediate lists (the rest is RQ's `clean_registries`, unchanged)."""
+    over the intermediate lists (the rest is RQ's `clean_registries`, unchanged). On an RQ
+    the engine was not tested with (rqcompat.supported), RQ's own pass."""
 
     def clean_registries(self) -> None:
+        if not rqcompat.supported():
+            super().clean_registries()  # type: ignore[no-untyped-call]
+            return
         for queue in self.queues:
             if queue.acquire_maintenance_lock():  # one worker at a time, as RQ
                 try:
                     self.log.info(
                         "Worker %s: cleaning registries for queue: %s", self.name, queue.name
                     )
-                    clean_registries(queue, self._exc_handlers)
+                    clean_registries(queue, rqcompat.exc_handlers(self))
                     worker_registration.clean_worker_registry(queue)
                     put_back_left_behind(queue)
                 finally:

@@ -21,6 +21,8 @@ import rq.utils
 import rq.worker.base
 from rq.timeouts import UnixSignalDeathPenalty
 
+from phase1.engine import rqcompat
+
 _rq_resolve_serializer = rq.serializers.resolve_serializer
 _resolved: dict[Any, Any] = {}
 
@@ -28,7 +30,7 @@ _resolved: dict[Any, Any] = {}
 def resolve_serializer(serializer: Any = None) -> Any:
     """RQ's resolve_serializer, remembered per serializer. RQ calls it for every Job, Queue,
     registry and Result it builds (about eight times a job), and its check against the
-    runtime `Serializer` protocol costs tens of µs each in Python 3.11 (8% of a no-op job)."""
+    runtime `Serializer` protocol is slow in Python 3.11 (bench/RESULTS.md, engine costs)."""
     try:
         return _resolved[serializer]
     except KeyError:
@@ -46,7 +48,7 @@ _rq_str_to_date = rq.utils.str_to_date
 
 def str_to_date(date_str: bytes | str) -> datetime:
     """RQ's str_to_date, for RQ's own timestamp format (2026-11-28T18:32:10.410070Z) in C:
-    Job.restore reads two or three a job, and strptime costs about 7 µs each."""
+    Job.restore reads two or three a job, and strptime is slow (bench/RESULTS.md)."""
     text = date_str.decode() if isinstance(date_str, bytes) else date_str
     if len(text) == 27 and text[10] == "T" and text[26] == "Z":
         with contextlib.suppress(ValueError):
@@ -56,7 +58,9 @@ def str_to_date(date_str: bytes | str) -> datetime:
 
 def speed_up_rq() -> None:
     """Have RQ's modules use resolve_serializer and str_to_date above (same answers, same
-    errors)."""
+    errors); never on an RQ other than the one they were checked against."""
+    if not rqcompat.supported():
+        return
     for module in (rq.job, rq.queue, rq.registry, rq.results, rq.worker.base):
         if getattr(module, "resolve_serializer", None) is _rq_resolve_serializer:
             module.resolve_serializer = resolve_serializer  # type: ignore[attr-defined]
@@ -104,7 +108,7 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 class AlarmDeathPenalty(UnixSignalDeathPenalty):
     """RQ's SIGALRM timeout, its handler left installed between jobs: RQ installs it and puts
-    SIG_DFL back for every job, two signal.signal calls that cost ~10% of a no-op job. Here
+    SIG_DFL back for every job, two signal.signal calls (bench/RESULTS.md). Here
     a job only sets and clears the alarm; the handler raises for the penalty now current."""
 
     current: AlarmDeathPenalty | None = None
@@ -112,10 +116,10 @@ class AlarmDeathPenalty(UnixSignalDeathPenalty):
     def setup_death_penalty(self) -> None:
         AlarmDeathPenalty.current = self
         # _signal's getsignal: signal.getsignal's wrapper tries to make the handler an enum
-        # member first, and the ValueError that costs ~5 µs a job here.
+        # member first, and that ValueError costs a little every job here.
         if _signal.getsignal(_SIGALRM) is not _on_alarm:  # first, or replaced since
             signal.signal(signal.SIGALRM, _on_alarm)
-        signal.alarm(self._timeout)
+        signal.alarm(rqcompat.penalty_timeout(self))
 
     def cancel_death_penalty(self) -> None:
         signal.alarm(0)

@@ -3,7 +3,7 @@ staged writes that must go out on their own if the job runs long.
 
 Starting a thread per job for these cost more than the rest of a quick job's Python: the
 starting thread waits until the new one runs, which on two busy cores took milliseconds (a
-profile of a worker running Phase 1 jobs under load found 2.6 ms per start, two starts and a
+profile of a worker running Phase 1 jobs under load: bench/RESULTS.md, two starts and a
 join per job). One long-lived daemon thread serves every job of the process instead; a
 forked child (a forking worker's horse) gets its own on first use.
 

@@ -2,34 +2,21 @@
 
 `FastWorker` is RQ's `SimpleWorker` (no fork per job); every key, field, registry entry and
 status it writes is the one RQ's own worker writes, so `rq info`, rq-dashboard and a plain
-`rq worker` beside it stay correct. What changes is only *when* and *in how many round
-trips* they go out, and how much Python it takes:
+`rq worker` beside it stay correct. What changes is *when* and *in how many round trips*:
 
 - a plain job (no success callback, webhook, repeat or rate limit, its result kept a while)
-  takes the lane (bookkeeping.py): its success, the start of the next job and the take of the
-  one after are one Lua call (STEP), sent without waiting while the next job runs. A busy
-  worker spends one round trip a job and saves no RQ object per job;
-- other jobs keep RQ's steps, folded: the execution record and the job's `started` state go
-  out in one pipeline, the success bookkeeping (with the next job's take) in one MULTI/EXEC
-  instead of RQ's WATCH, SMEMBERS and MULTI/EXEC (the dependents count is read inside it,
-  and only a job with dependents takes RQ's own `move_dependents_to_ready`);
-- writes a job asks to send once it has succeeded (`after_success`: its last events and its
-  last heartbeat) ride in that same call;
-- taking a job off a queue and reading its hash is one Lua call (TAKE: RQ's LMOVE to the
-  queue's intermediate list, for every queue — RQ does so only for a worker of one queue and
-  LPOPs otherwise, so a worker dying right after the pop lost the job — then HGETALL) when a
-  job is waiting; an empty queue falls back to RQ's own blocking dequeue. A job taken ahead
-  sits in the intermediate list (or, started by STEP, in RQ's started registry) until it
-  runs; a worker told to stop, or suspended, puts it back as it was, at the front of its
-  queue; one that dies leaves it where the maintenance pass puts it back on its queue
-  (phase1.engine.leftbehind) or the orphan sweep finds it;
-- the worker's own heartbeat and the `rq suspend` check run at most every HOUSEKEEPING_S
-  seconds, not two or three times a job: a worker key lives `worker_ttl + 60` seconds, so a
-  beat a second is plenty; an `rq suspend` takes effect within that second. The worker's
-  `state` is written only when it changes;
-- per-job log lines go out at DEBUG (one INFO line at start and stop stays).
+  goes through the step pipeline the worker owns (phase1.engine.pipeline): one Lua call a job;
+- other jobs keep RQ's steps, folded: the start in one pipeline, the success (with what the
+  job staged, `after_success`, and the next job's TAKE) in one MULTI/EXEC;
+- a waiting job is taken with its hash in one call (TAKE, into RQ's intermediate list for
+  every queue); an empty queue falls back to RQ's blocking dequeue. Jobs taken ahead go back
+  to the front of their queue when the worker stops or is suspended;
+- the worker's heartbeat and the `rq suspend` check run at most every HOUSEKEEPING_S; its
+  `state` is written only when it changes; per-job log lines go out at DEBUG.
 
-Failures, retries, repeats and rate-limited jobs take RQ's own paths unchanged.
+Failures, retries, repeats and rate-limited jobs take RQ's own paths. This class holds every
+override of RQ's worker; on an RQ other than the one tested (phase1.engine.rqcompat) each
+defers to RQ's SimpleWorker. `queues_to_take` is the hook to pause queues.
 """
 
 from __future__ import annotations
@@ -41,30 +28,34 @@ from typing import Any
 
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq import SimpleWorker
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.suspension import is_suspended
-from rq.utils import as_text, now, utcformat
+from rq.timeouts import UnixSignalDeathPenalty
+from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from phase1.engine import bookkeeping, dequeue, success_writes
+from phase1.engine import dequeue, paused, rqcompat, success_writes
+from phase1.engine.pipeline import StepPipeline
 from phase1.engine.rqspeedups import AlarmDeathPenalty, JobLinesAtDebug, speed_up_rq
 
 HOUSEKEEPING_S = 1.0
+PUBSUB_POLL_S = 1.0
 
 log = logging.getLogger(__name__)
 
 
-class FastWorker(bookkeeping.LaneWorker):
+class FastWorker(SimpleWorker):
     """RQ's SimpleWorker with its per-job Redis bookkeeping in fewer round trips."""
 
-    death_penalty_class = AlarmDeathPenalty
+    death_penalty_class: type[UnixSignalDeathPenalty] = AlarmDeathPenalty
 
     # get_heartbeat_ttl(job) = t + max(extra, t * mult) + add, where t = job.timeout or
-    # `default`; `forever` for a negative timeout. As data, so the lane's Lua applies it to a
+    # `default`; `forever` for a negative timeout. As data, so STEP's Lua applies it to a
     # job it takes: (default, mult, extra, add, forever). RQ's SimpleWorker: t + 60.
     heartbeat_ttl_rule: tuple[int, int, int, int, int] = (
         DEFAULT_WORKER_TTL,
@@ -75,21 +66,57 @@ class FastWorker(bookkeeping.LaneWorker):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # On an RQ it was not tested with, RQ's SimpleWorker as it is: every override below
+        # defers to RQ, no Lua of the engine runs and RQ's modules are left unpatched. One
+        # flag checked at the few entry points RQ calls keeps one class for both (subclasses
+        # such as phase1's stay what they are either way).
+        self.fast = rqcompat.supported()
+        self._state_written: str | None = None
+        if not self.fast:
+            rqcompat.warn_untested(log)
+            super().__init__(*args, **kwargs)
+            self.death_penalty_class = UnixSignalDeathPenalty  # RQ's (AlarmDeathPenalty: ours)
+            return
         speed_up_rq()
         super().__init__(*args, **kwargs)
         if self.queue_class is Queue:  # a queue class of the caller's own is kept
             self.queue_class = dequeue.FastQueue
         self.log = JobLinesAtDebug(self.log)  # type: ignore[assignment]
+        self.pipeline = StepPipeline(self)
+        self._housekept_at = float("-inf")
         self._suspension_checked_at = float("-inf")
         self._prepare_pipeline: Pipeline | None = None
         self._ended_heartbeat: tuple[str, str] | None = None  # (job id, timestamp)
         self._beat_deferred_for: tuple[str, str, bool] | None = None  # dequeue.popped
-        # Built once, not a job: TAKE's arguments for an order of the queues.
-        self._take_call: tuple[tuple[str, ...], list[Any]] = ((), [])
         # For prepare_job_execution: the job the lane started (its writes are done).
         self._already_started: tuple[str, Execution] | None = None
         # A subclass with a heartbeat TTL of its own (not a rule) keeps RQ's start path.
         self._lane_on = type(self).get_heartbeat_ttl is FastWorker.get_heartbeat_ttl
+
+    def note_state(self, state: str | None) -> None:
+        """The pipeline wrote the worker's state (None: it is not known any more)."""
+        self._state_written = state
+        if state is not None:
+            rqcompat.set_state_field(self, state)
+
+    def note_beat(self) -> None:
+        """The pipeline wrote the worker's heartbeat."""
+        self._housekept_at = time.monotonic()
+
+    def subscribe(self) -> None:
+        """RQ's, its command listener polling every PUBSUB_POLL_S (see rqcompat.subscribe)."""
+        if not self.fast:
+            super().subscribe()  # type: ignore[no-untyped-call]
+            return
+        rqcompat.subscribe(self, PUBSUB_POLL_S)
+
+    def queues_to_take(self) -> list[Queue]:
+        """The queues to take jobs from now, in the order to try them: RQ's order of the
+        worker's queues (its dequeue strategy). Every take of this worker asks it (the lane's
+        STEP, TAKE, RQ's blocking dequeue); none: the worker takes nothing (the jobs it holds
+        already still run) and looks again at least once a second. Override to pause queues;
+        it is called once a job or more, so keep it cheap (no Redis round trip each time)."""
+        return rqcompat.ordered_queues(self)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         default, mult, extra, add, forever = self.heartbeat_ttl_rule
@@ -101,7 +128,7 @@ class FastWorker(bookkeeping.LaneWorker):
     # -- the worker's own heartbeat, state and suspension check ---------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        if pipeline is not None or timeout is not None:
+        if pipeline is not None or timeout is not None or not self.fast:
             super().heartbeat(timeout, pipeline=pipeline)
             self._housekept_at = time.monotonic()
             return
@@ -119,16 +146,19 @@ class FastWorker(bookkeeping.LaneWorker):
         self._housekept_at = time.monotonic()
 
     def check_for_suspension(self, burst: bool) -> None:
+        if not self.fast:
+            super().check_for_suspension(burst)
+            return
         if time.monotonic() - self._suspension_checked_at < HOUSEKEEPING_S:
             return
-        if self._holds_behind() and is_suspended(self.connection, self):
+        if self.pipeline.holds_behind() and is_suspended(self.connection, self):
             self.hand_back_taken()
         super().check_for_suspension(burst)
         self._suspension_checked_at = time.monotonic()
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        if pipeline is None and state == self._state_written:
-            self._state = state
+        if self.fast and pipeline is None and state == self._state_written:
+            rqcompat.set_state_field(self, state)
             return
         super().set_state(state, pipeline=pipeline)
         self._state_written = state
@@ -140,38 +170,35 @@ class FastWorker(bookkeeping.LaneWorker):
     # -- preparing a job: one pipeline instead of two -------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """SimpleWorker's execute_job: a plain job through the lane (bookkeeping.py), others with
+        """SimpleWorker's execute_job: a plain job through the step pipeline, others with
         prepare_execution's writes left in a pipeline that prepare_job_execution sends."""
-        taken = None
-        if self._prefetched is not None and self._prefetched[0].id == job.id:
-            taken = self._prefetched_taken  # started now: no longer to hand back
-            self._prefetched, self._prefetched_taken = None, None
-            if self._peeked:  # the one after it is next now
-                peeked = self._peeked.popleft()
-                self._prefetched, self._prefetched_taken = (peeked.job, peeked.queue), peeked
+        if not self.fast:
+            super().execute_job(job, queue)
+            return
+        lane = self.pipeline
+        taken = lane.held.pop(job)  # run now: no longer to hand back
         if dequeue.popped is not None and dequeue.popped[1] == job.id:
             dequeue.popped = None
-        if self._holds_behind() and not self._quick(job):
+        if lane.holds_behind() and not lane.quick(job):
             # Held for a quick job, they would wait for this one: back to their queues, for
             # any worker (after the answers on their way, which may bring more).
-            self._settle()
-            self._return_held()
-        plain = self._lane_on and self._plain(job)
+            lane.return_held()
+        plain = self._lane_on and lane.plain(job)
         if taken is not None and taken.execution is not None:
-            execution = taken.execution  # the lane started it
+            execution = taken.execution  # the pipeline started it
             if not plain:
-                self._settle()
+                lane.sender.settle()
         elif plain:
-            execution = self._lane_start(job)
+            execution = lane.start(job)
         else:
-            self._settle()
+            lane.sender.settle()
             self._execute_in_rq_steps(job, queue)
             return
         self.executions[execution.id] = execution
         stage = success_writes.current = success_writes.Stage(self.connection)
         try:
             if plain:
-                self._perform_plain(job, queue, execution)
+                self.pipeline.run(job, queue, execution)
             else:  # started by the lane, but not plain: RQ's steps from here
                 self._already_started = (job.id, execution)
                 self.perform_job(job, queue, execution)
@@ -180,17 +207,8 @@ class FastWorker(bookkeeping.LaneWorker):
             self._ended_heartbeat = None
             success_writes.current = None
             stage.close()
-        if not self._started_next():
+        if not self.pipeline.held.started_next():
             self.set_state(WorkerStatus.IDLE)
-
-    def _holds_behind(self) -> bool:
-        """Whether jobs the lane took wait in this worker's hands (or are on their way)."""
-        return bool(self._peeked or self._pending or self._following() is not None)
-
-    def _started_next(self) -> bool:
-        """Whether the lane has started the job to run next (the worker stays busy)."""
-        taken = self._prefetched_taken
-        return self._prefetched is not None and taken is not None and taken.execution is not None
 
     def _execute_in_rq_steps(self, job: Job, queue: Queue) -> None:
         pipeline = self.connection.pipeline()
@@ -209,13 +227,16 @@ class FastWorker(bookkeeping.LaneWorker):
             pipeline.reset()
             success_writes.current = None
             stage.close()  # what a path other than plain success left (retry, repeat)
-        if not self._started_next():
+        if not self.pipeline.held.started_next():
             self.set_state(WorkerStatus.IDLE)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if not self.fast:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
         started, self._already_started = self._already_started, None
         if started is not None and started[0] == job.id:  # the lane wrote it all already
-            self._mark_started(job, started[1])
+            self.pipeline.mark_started(job, started[1])
             return
         pipeline = self._prepare_pipeline
         if pipeline is None:  # not called from execute_job: RQ's own
@@ -240,7 +261,7 @@ class FastWorker(bookkeeping.LaneWorker):
     # -- finishing a job: the end-of-run heartbeat and `idle` ride in RQ's pipeline ---------
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        if job.get_status(refresh=False) == JobStatus.FAILED:  # the failure path: RQ's own
+        if not self.fast or job.get_status(refresh=False) == JobStatus.FAILED:  # RQ's own
             if (
                 success_writes.current is not None
             ):  # before the failure is handled, as they happened
@@ -260,7 +281,7 @@ class FastWorker(bookkeeping.LaneWorker):
     ) -> None:
         """RQ's success bookkeeping in one MULTI/EXEC (with what the job staged); RQ's own
         for repeating and rate-limited jobs."""
-        if job.repeats_left or job.has_rate_limit:
+        if not self.fast or job.repeats_left or job.has_rate_limit:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
         stage = success_writes.current
@@ -273,7 +294,8 @@ class FastWorker(bookkeeping.LaneWorker):
                 self.increment_total_working_time(job.ended_at - job.started_at, pipe)
                 result_ttl = job.get_result_ttl(self.default_result_ttl)
                 if result_ttl != 0:
-                    job._handle_success(
+                    rqcompat.write_success(
+                        job,
                         result_ttl,
                         pipeline=pipe,
                         worker_name=self.name,
@@ -282,11 +304,11 @@ class FastWorker(bookkeeping.LaneWorker):
                         execution_ended_at=job.ended_at,
                     )
                 job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                job._status = JobStatus.FINISHED
+                rqcompat.set_status_field(job, JobStatus.FINISHED)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 for write, _ in staged:
                     write(pipe)
-                take = self._take_next_in(pipe)
+                take = self.pipeline.take_in(pipe)
                 sent_at = time.monotonic()
                 results = pipe.execute(raise_on_error=False)
             errors = [r for r in (results[:-1] if take else results) if isinstance(r, Exception)]
@@ -297,7 +319,7 @@ class FastWorker(bookkeeping.LaneWorker):
                 stage.restage(staged)
             raise
         if take:
-            self._keep_taken(results[-1], sent_at)
+            self.pipeline.keep_taken(results[-1], sent_at)
         for _, then in staged:
             if then is not None:
                 then()
@@ -310,72 +332,58 @@ class FastWorker(bookkeeping.LaneWorker):
             self.name,
         )
 
-    # -- taking the next job in the same transaction ------------------------------------------
-
-    def _take_next_in(self, pipe: Pipeline) -> bool:
-        """Add TAKE for the next job to the success transaction, unless this worker is about
-        to stop (or Redis lacks LMOVE)."""
-        if not self._take_next() or self._prefetched is not None or self._peeked:
-            return False
-        order = tuple(q.key for q in self._ordered_queues)
-        if self._take_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
-            keys, args = dequeue.take_args(list(self._ordered_queues), self.job_class)
-            self._take_call = (order, [len(keys), *keys, *args])
-        pipe.evalsha(dequeue.TAKE_SHA, *self._take_call[1])
-        return True
-
-    def _keep_taken(self, answer: Any, sent_at: float) -> None:
-        if isinstance(answer, Exception):  # NOSCRIPT after a Redis restart: load it for next time
-            self.log.debug("Worker %s: taking the next job failed: %s", self.name, answer)
-            with contextlib.suppress(RedisError):
-                self.connection.script_load(dequeue.TAKE)
-            return
-        if not answer:
-            return
-        try:
-            self._prefetched, self._prefetched_taken = self._restore(answer), None
-            self._take_sent_at = sent_at
-        except Exception:  # unreadable: back on its queue, for RQ's dequeue to deal with
-            self._hand_back(as_text(answer[0]), as_text(answer[1]))
-            self._no_take_once = True
-
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        # The taken job stays in _prefetched until execute_job starts it: a stop signal that
+        # The taken job stays held until execute_job starts it: a stop signal that
         # comes before the caller holds it (and raises StopRequested) must still hand it back.
-        self._give_back_stale()  # if it waited too long (a slow maintenance pass, a stall)
-        taken = self._prefetched
-        if taken is None:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if not self.fast:
+            return self._dequeue_from_queues_to_take(timeout, max_idle_time)
+        self.pipeline.give_back_stale()  # if it waited too long (a slow maintenance pass, a stall)
+        held = self.pipeline.held.next
+        if held is None:
+            return self._dequeue_from_queues_to_take(timeout, max_idle_time)
         self.heartbeat()  # at most once a second (RQ's loop has just checked its maintenance)
-        job, queue = taken
+        job, queue = held.job, held.queue
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-        return taken
+        return job, queue
+
+    def _dequeue_from_queues_to_take(
+        self, timeout: int | None, max_idle_time: int | None
+    ) -> tuple[Job, Queue] | None:
+        return paused.dequeue(self, super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
 
     def hand_back_taken(self) -> None:
         """A job taken for next but not started goes back to the front of its queue; so does
-        one a stop signal caught between its pop and the worker holding it."""
+        one a stop signal caught between its pop and the worker holding it. (RQ's own
+        worker, on an untested RQ, holds none.)"""
+        if not self.fast:
+            return
         with contextlib.suppress(RedisError):
-            self._settle()  # what the last STEPs took is known after their answers
-        self._return_held()
+            self.pipeline.sender.settle()  # what the last STEPs took is known after them
+        self.pipeline.held.return_all()
         popped, dequeue.popped = dequeue.popped, None
         # Only for a stop: a dequeue that failed otherwise (a job RQ cannot read) is RQ's.
-        if popped is not None and self._stop_requested:
+        if popped is not None and rqcompat.stop_requested(self):
             queue_key, job_id, intermediate = popped
-            self._hand_back(queue_key, job_id, from_intermediate=intermediate)
+            self.pipeline.held.hand_back(queue_key, job_id, from_intermediate=intermediate)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.fast:
+            return bool(super().work(*args, **kwargs))
         try:
             return bool(super().work(*args, **kwargs))
         finally:
             self.hand_back_taken()
-            self._drop_sender()  # the lane's connection goes back to the pool, closed
+            self.pipeline.sender.drop()  # its connection goes back to the pool, closed
 
     def cleanup_execution(
         self, job: Job, pipeline: Pipeline, execution: Execution | None = None
     ) -> None:
+        if not self.fast:
+            super().cleanup_execution(job, pipeline, execution)
+            return
         ended = self._ended_heartbeat  # kept: RQ retries its pipeline on WatchError
         if ended is not None and ended[0] == job.id and self._job_hash_kept(job):
             pipeline.hset(job.key, "last_heartbeat", ended[1])

@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 
 from phase1 import context
 from phase1.domain import audit
+from phase1.engine import rqcompat
 from phase1.errors import Phase1Error
 from phase1.jobs import events
 
@@ -164,7 +165,7 @@ def requeue_interrupted(
         job.ended_at = None
         # What RQ's own registry requeue calls; the public enqueue_job would start a second
         # MULTI on this pipeline for dependencies a phase1 job never has.
-        queue._enqueue_job(job, pipeline=pipe, at_front=True)
+        rqcompat.enqueue_at_front(queue, job, pipe)
         pipe.execute()
     worker.log.warning(
         "Worker %s: job %s interrupted by shutdown (attempt %s); back at the front of %s with "

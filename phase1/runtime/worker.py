@@ -27,6 +27,7 @@ from rq.worker import WorkerStatus
 
 from phase1 import keys
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
+from phase1.engine import rqcompat
 from phase1.engine.leftbehind import PutsBackLeftBehind
 from phase1.engine.worker import FastWorker
 from phase1.errors import UnavailableError
@@ -105,6 +106,7 @@ def _install_fork_hook() -> None:
         _fork_hook_installed = True
 
 
+@rqcompat.intercepts_failure
 class _Phase1Base(PutsBackLeftBehind):
     """What both phase1 worker classes add to RQ's: JSON, the bounded shutdown, Redis outages."""
 
@@ -138,7 +140,7 @@ class _Phase1Base(PutsBackLeftBehind):
                 return worked
             except RedisError as exc:  # raised by RQ's bootstrap or teardown
                 self.log.error("Worker %s: Redis error outside the work loop: %s", self.name, exc)
-            if burst or self._stop_requested:
+            if burst or rqcompat.stop_requested(self):
                 return worked
             if time.monotonic() - started > 60:
                 backoff = 1.0
@@ -209,8 +211,7 @@ class _Phase1Base(PutsBackLeftBehind):
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """First SIGTERM/SIGINT: take no more jobs; the job in hand has `shutdown_timeout`
         seconds to finish before it is interrupted and put back on the queue."""
-        self._shutdown_requested_date = now()
-        self._stop_requested = True
+        rqcompat.request_stop(self, now())
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
         if not self._busy():
@@ -233,8 +234,9 @@ class _Phase1Base(PutsBackLeftBehind):
         """A later signal interrupts the job now (RQ's cold shutdown would leave it `started`).
         A repeat within a second is the same stop delivered twice (a terminal and a
         supervisor both signalling) and is ignored."""
-        assert self._shutdown_requested_date is not None
-        if now() - self._shutdown_requested_date < timedelta(seconds=1) or not self._busy():
+        asked = rqcompat.shutdown_requested_date(self)
+        assert asked is not None
+        if now() - asked < timedelta(seconds=1) or not self._busy():
             return
         self.log.warning("Worker %s: second stop signal; interrupting the job now", self.name)
         if self._deadline is not None:
@@ -245,21 +247,21 @@ class _Phase1Base(PutsBackLeftBehind):
     def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
         raise NotImplementedError
 
-    def _finalize_failure(
+    def intercept_failure(
         self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo
-    ) -> None:
-        """An interrupted job is no failure: put it back instead (RQ would retry or fail it).
+    ) -> bool:
+        """RQ's end of a failed attempt asks this first (rqcompat.intercepts_failure); True:
+        handled here. An interrupted job is no failure: put it back instead (RQ would retry or
+        fail it).
         Nor is the end of an attempt another worker took over while this one was cut off
         (the orphan sweep gave it up for dead): the job is that worker's now, so this one
         records its attempt as superseded and leaves RQ's state alone."""
         if shutdown.is_interrupt(exc_info[0]):
             shutdown.requeue_interrupted(self, job, queue, execution)
-            return
+            return True
         error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
         note = f"worker {self.name} on {self.hostname} came back ({error[:500]})"
-        if self._superseded(job, note):
-            return
-        super()._finalize_failure(job, queue, execution, exc_info)
+        return self._superseded(job, note)
 
     def _superseded(self, job: Job, note: str) -> bool:
         """Whether the job's attempt here was taken over (phase1.job.superseded_here). Cut off
@@ -278,7 +280,7 @@ class _Phase1Base(PutsBackLeftBehind):
                 pass
             else:  # Redis answers: ask PostgreSQL once more (the network may be back)
                 return bool(phase1_job.superseded_here(job, note))
-            if self._stop_requested or time.monotonic() > deadline:
+            if rqcompat.stop_requested(self) or time.monotonic() > deadline:
                 return False
             self.log.warning(
                 "Worker %s: cut off from Redis and PostgreSQL with job %s's failure in hand; "
@@ -355,6 +357,14 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
             super().fork_work_horse(job, queue)
         finally:
             _forking_horse = False
+
+    def subscribe(self) -> None:
+        """RQ's, its command listener polling every second: RQ's 60 s stalled the worker's
+        exit by up to a minute (rqcompat.subscribe)."""
+        if not rqcompat.supported():
+            super().subscribe()  # type: ignore[no-untyped-call]
+            return
+        rqcompat.subscribe(self, 1.0)
 
     def setup_work_horse_signals(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

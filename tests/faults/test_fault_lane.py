@@ -1,7 +1,8 @@
-"""The lane with two STEPs on their way (engine.bookkeeping): Redis's script cache emptied under
-them, Redis out of memory for one of them, their connection cut. Every job still runs once
-and is recorded once, in RQ's own data model; nothing is left taken or half-written. STEPs
-lost with their connection run again, each doing only what it had not done."""
+"""The step pipeline with two STEPs on their way (engine.pipeline): Redis's script cache
+emptied under them, Redis out of memory for one of them, their connection cut. Every job
+still runs once and is recorded once, in RQ's own data model; nothing is left taken or
+half-written. STEPs lost with their connection run again, each doing only what it had not
+done."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from faults.faultkit import OwnRedis
-from phase1.engine import bookkeeping
-from phase1.engine.scripts import STEP_SHA, given_at, replayed
+from phase1.engine import pipeline
+from phase1.engine.scripts import STEP_SHA
+from phase1.engine.sender import Pending
+from phase1.engine.stepargs import Step
 from phase1.engine.worker import FastWorker
 
 OwnRedisFactory = Callable[..., OwnRedis]
@@ -34,18 +37,19 @@ def _drain(redis: Redis, actions: list[str]) -> tuple[Redis, Queue, list[Job], d
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
     )
     seen: dict[str, Any] = {"behind": [], "ran after": [], "worker": worker}
-    refused, again = worker._refused, worker._again
+    sender = worker.pipeline.sender
+    refused, again = sender.refused, sender.again
 
-    def spy_refused(pending: bookkeeping.Pending, error: Exception) -> None:
-        seen["behind"].append(len(worker._pending))
+    def spy_refused(pending: Pending, error: Exception) -> None:
+        seen["behind"].append(len(sender.pending))
         refused(pending, error)  # type: ignore[arg-type]
 
-    def spy_again(pending: bookkeeping.Pending, ran_after: bookkeeping.Pending | None) -> Any:
+    def spy_again(pending: Pending, ran_after: Pending | None) -> Any:
         seen["ran after"].append(ran_after is not None)
         return again(pending, ran_after)
 
-    worker._refused = spy_refused  # type: ignore[method-assign]
-    worker._again = spy_again  # type: ignore[method-assign]
+    sender.refused = spy_refused  # type: ignore[method-assign]
+    sender.again = spy_again  # type: ignore[method-assign]
     worker.work(burst=True, logging_level="WARNING")
     return queue, jobs, seen
 
@@ -74,7 +78,7 @@ def redis(own_redis: OwnRedisFactory) -> Iterator[Redis]:
 def _every_run_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every run counts as quick: the worker holds jobs (and sends STEPs ahead) from its
     fourth job on, however slow the machine is today."""
-    monkeypatch.setattr(bookkeeping, "QUICK_S", 5.0)
+    monkeypatch.setattr(pipeline, "QUICK_S", 5.0)
 
 
 def test_both_steps_on_their_way_refused_run_again_in_order(redis: Redis) -> None:
@@ -136,17 +140,18 @@ def test_a_step_run_again_after_it_ran_changes_nothing(redis: Redis) -> None:
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
     )
     jobs = [queue.enqueue("lane_jobs.script_fault", "", result_ttl=600) for _ in range(12)]
-    sent: list[list[Any]] = []
-    send = worker._send
+    sent: list[Step] = []
+    sender = worker.pipeline.sender
+    send = sender.send
 
-    def spy(args: list[Any], job: Any, queue: Any) -> None:
-        sent.append(list(args))
-        send(args, job, queue)
+    def spy(step: Step, job: Any, queue: Any) -> None:
+        sent.append(step)
+        send(step, job, queue)
 
-    worker._send = spy  # type: ignore[method-assign]
+    sender.send = spy  # type: ignore[method-assign]
     worker.work(burst=True, logging_level="WARNING")
     _each_recorded_once(redis, queue, jobs, worker)
-    finishing = [args for args in sent if args[6] == "finish" and args[given_at(args)] == "given"]
+    finishing = [step for step in sent if step.finish is not None and step.given is not None]
     assert len(finishing) >= 3, "the drain must send STEPs that finish one job and start another"
 
     def state() -> Any:
@@ -161,6 +166,6 @@ def test_a_step_run_again_after_it_ran_changes_nothing(redis: Redis) -> None:
         )
 
     before = state()
-    for args in sent:
-        redis.evalsha(STEP_SHA, 0, *replayed(args))
+    for step in sent:
+        redis.evalsha(STEP_SHA, 0, *step.replayed().to_args())
     assert state() == before

@@ -20,7 +20,7 @@ from support import Processes, RoundTrips, child_pids, count_thread_starts, inje
 
 from phase1.context import Phase1, install_worker_context
 from phase1.domain import audit, plans
-from phase1.engine import success_writes
+from phase1.engine import rqcompat, success_writes
 from phase1.jobs import approval, events
 from phase1.runtime.worker import build_worker
 from phase1.schemas import SAMPLE_ANALYSIS
@@ -41,7 +41,7 @@ def drain(ctx: Phase1) -> None:
 def test_a_phase1_job_costs_few_round_trips(ctx: Phase1, round_trips: RoundTrips) -> None:
     """Approval 2 (PING, then enqueue + event in one call); worker per job 1: one transaction
     records its success (with its `active`, progress and completed events and its last beat)
-    and takes and starts the next job (engine.bookkeeping). RQ's own worker needs about 20. The
+    and takes and starts the next job (engine.pipeline). RQ's own worker needs about 20. The
     burst's own start and stop are measured with an empty queue and taken off."""
     approval.approve(ctx, make_plans(ctx, 1)[0])  # warm: scripts loaded, connections open
     drain(ctx)
@@ -290,7 +290,7 @@ def test_a_stop_signal_between_pop_and_start_puts_the_job_back(
         pusher.join()
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    assert worker._stop_requested
+    assert rqcompat.stop_requested(worker)
     assert [i.decode() for i in ctx.redis.lrange(queue.key, 0, -1)] == [job_id]
     assert _rq_state(ctx)[1:] == (1, 0, 0)  # queued, nothing in the intermediate list or started
     job = Job.fetch(job_id, connection=ctx.redis, serializer=queue.serializer)

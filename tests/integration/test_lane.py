@@ -1,4 +1,5 @@
-"""The lane (engine.bookkeeping): a plain job's success and the next job's start in one Lua call.
+"""The step pipeline (engine.pipeline): a plain job's success and the next job's start in one
+Lua call.
 
 On a real Redis, with RQ's own SimpleWorker as the reference for what must be left behind."""
 
@@ -19,7 +20,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 from support import RQ, Processes, RoundTrips, wait_until
 
-from phase1.engine import bookkeeping, prefetch
+from phase1.engine import held, pipeline
 from phase1.engine.leftbehind import STUCK_AFTER, put_back_left_behind
 from phase1.engine.worker import FastWorker
 from phase1.settings import Settings
@@ -192,8 +193,9 @@ def test_quick_jobs_start_while_the_step_before_is_on_its_way(
         queue.enqueue("bench.jobs.noop", result_ttl=600)
     worker.work(burst=True, logging_level="WARNING")
     sent = []
-    send = worker._send
-    worker._send = lambda *args: (sent.append(args[0]), send(*args))[1]  # type: ignore[method-assign]
+    sender = worker.pipeline.sender
+    send = sender.send
+    sender.send = lambda *args: (sent.append(args[0]), send(*args))[1]  # type: ignore[method-assign]
 
     first = queue.enqueue("bench.jobs.noop", result_ttl=600)
     second = queue.enqueue("bench.jobs.noop", result_ttl=600, ttl=300)
@@ -251,19 +253,18 @@ def test_steps_go_out_ahead_and_held_jobs_go_back_in_order(
     """Behind a quick job the worker holds two, so each STEP goes out before the answer of
     the one before it is read; a worker that stops puts every job it holds back, in order,
     as it was."""
-    monkeypatch.setattr(
-        bookkeeping, "QUICK_S", 5.0
-    )  # every run counts as quick, however slow today
+    monkeypatch.setattr(pipeline, "QUICK_S", 5.0)  # every run counts as quick, however slow today
     queue = _queue(redis, queue_name)
     worker = _learnt_worker(redis, queue)
     on_their_way: list[int] = []
-    send = worker._send
+    sender = worker.pipeline.sender
+    send = sender.send
 
     def spy(*args: Any) -> None:
-        on_their_way.append(len(worker._pending))
+        on_their_way.append(len(sender.pending))
         send(*args)
 
-    worker._send = spy  # type: ignore[method-assign]
+    sender.send = spy  # type: ignore[method-assign]
     jobs = [queue.enqueue("bench.jobs.noop", result_ttl=600, ttl=300) for _ in range(12)]
     before = {job.id: redis.hgetall(job.key) for job in jobs}
     worker.work(burst=True, logging_level="WARNING", max_jobs=6)
@@ -282,7 +283,7 @@ def test_jobs_held_behind_quick_ones_go_back_before_a_slow_one_runs(
 ) -> None:
     """A job of a function not known to be quick, next after quick ones: the jobs held behind
     it go back to the queue before it runs, for any worker to take."""
-    monkeypatch.setattr(bookkeeping, "QUICK_S", 0.05)
+    monkeypatch.setattr(pipeline, "QUICK_S", 0.05)
     queue = _queue(redis, queue_name)
     worker = _learnt_worker(redis, queue, "lane_jobs.answer")
     quick = [queue.enqueue("lane_jobs.answer", i, result_ttl=600) for i in range(4)]
@@ -347,9 +348,9 @@ def test_a_held_job_the_maintenance_pass_put_back_is_not_started_too(
     """Jobs held behind a quick job that turns slow, long enough for the maintenance pass to
     put them back on their queue: the worker does not start them from its hands (nor hand
     them back, which could take them from another worker); each runs once."""
-    monkeypatch.setattr(bookkeeping, "QUICK_S", 0.05)
-    monkeypatch.setattr(prefetch, "GIVE_BACK_AFTER", 0.2)
-    monkeypatch.setattr(prefetch, "LET_GO_AFTER", 0.4)
+    monkeypatch.setattr(pipeline, "QUICK_S", 0.05)
+    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(held, "LET_GO_AFTER", 0.4)
     queue = _queue(redis, queue_name)
     put_back: list[str] = []
 
@@ -370,17 +371,17 @@ def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
 ) -> None:
     """Jobs held behind a quick job that turns slow, past GIVE_BACK_AFTER: they go back to the
     front of their queue (for any worker) rather than start from this worker's hands."""
-    monkeypatch.setattr(bookkeeping, "QUICK_S", 0.05)
-    monkeypatch.setattr(prefetch, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(pipeline, "QUICK_S", 0.05)
+    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
     queue = _queue(redis, queue_name)
     handed_back: list[tuple[str, int]] = []  # job id, its runs then
-    hand_back = FastWorker._hand_back
+    hand_back = held.HeldJobs.hand_back
 
-    def spy(self: FastWorker, queue_key: str, job_id: str, **kwargs: Any) -> None:
+    def spy(self: held.HeldJobs, queue_key: str, job_id: str, **kwargs: Any) -> None:
         handed_back.append((job_id, int(redis.get(f"lane-test:runs:{job_id}") or 0)))
         hand_back(self, queue_key, job_id, **kwargs)
 
-    monkeypatch.setattr(FastWorker, "_hand_back", spy)
+    monkeypatch.setattr(held.HeldJobs, "hand_back", spy)
     _, slow, after = _held_behind_a_slow_job(redis, queue, 0.6)
     # The job held to run next went back unrun (a job held behind it may go back as well).
     assert (after[0].id, 0) in handed_back
@@ -391,7 +392,7 @@ def test_a_job_held_too_long_goes_back_to_its_queue_instead_of_starting(
 
 
 def test_held_jobs_go_back_well_before_the_maintenance_pass_would_put_them_back() -> None:
-    assert (prefetch.GIVE_BACK_AFTER, prefetch.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
+    assert (held.GIVE_BACK_AFTER, held.LET_GO_AFTER, STUCK_AFTER) == (15.0, 45.0, 60.0)
 
 
 def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
@@ -400,7 +401,7 @@ def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
     """The success of a job the lane does not finish (a success callback) takes the next job
     in the same transaction; if the worker's loop then spends GIVE_BACK_AFTER before starting
     it (a slow maintenance pass), it goes back to its queue first, unrun, and runs once."""
-    monkeypatch.setattr(prefetch, "GIVE_BACK_AFTER", 0.2)
+    monkeypatch.setattr(held, "GIVE_BACK_AFTER", 0.2)
     queue = _queue(redis, queue_name)
     worker = FastWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
@@ -410,7 +411,7 @@ def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
     )
     second = queue.enqueue("lane_jobs.tally", result_ttl=600)
     handed_back: list[tuple[str, int]] = []
-    hand_back = worker._hand_back
+    hand_back = worker.pipeline.held.hand_back
 
     def spy(queue_key: str, job_id: str, **kwargs: Any) -> None:
         handed_back.append((job_id, _runs(redis, Job(job_id, connection=redis))))
@@ -419,11 +420,11 @@ def test_a_job_taken_after_rqs_steps_goes_back_if_the_loop_dawdles(
     check = worker.check_for_suspension
 
     def dawdle(burst: bool) -> None:
-        if worker._prefetched is not None and not handed_back:
+        if worker.pipeline.held.next is not None and not handed_back:
             time.sleep(0.3)
         check(burst)
 
-    worker._hand_back = spy  # type: ignore[method-assign]
+    worker.pipeline.held.hand_back = spy  # type: ignore[method-assign]
     worker.check_for_suspension = dawdle  # type: ignore[method-assign]
     worker.work(burst=True, logging_level="WARNING")
     assert handed_back == [(second.id, 0)]

@@ -118,12 +118,12 @@ def test_the_lanes_timestamps_are_rqs_format() -> None:
 
     from rq.utils import utcformat
 
-    from phase1.engine import scripts
+    from phase1.engine import rqformat
 
     for moment in (1795890730.410070, 1795890730.0, 1.5):
         when = datetime.fromtimestamp(moment, UTC)
-        assert scripts.stamp(moment) == utcformat(when)
-        assert scripts.utc(when) == utcformat(when)
+        assert rqformat.stamp(moment) == utcformat(when)
+        assert rqformat.utc(when) == utcformat(when)
 
 
 def test_the_alarm_penalty_times_a_job_out_and_ignores_a_stray_alarm() -> None:
