@@ -88,7 +88,7 @@ def test_the_lane_leaves_what_rqs_own_worker_leaves(redis: Redis, queue_name: st
         first = queue.enqueue("lane_jobs.answer", 7, result_ttl=600)
         job_ids = [
             first.id,
-            queue.enqueue("bench.jobs.noop", result_ttl=600).id,
+            queue.enqueue("lane_jobs.noop", result_ttl=600).id,
             queue.enqueue("lane_jobs.answer", 8, result_ttl=900, ttl=300).id,
             queue.enqueue("lane_jobs.answer", 9, result_ttl=700, depends_on=first).id,
         ]
@@ -117,7 +117,7 @@ def test_a_busy_worker_spends_one_round_trip_a_plain_job(
     jobs = 200
     with redis.pipeline() as pipe:
         for _ in range(jobs):
-            queue.enqueue("bench.jobs.noop", result_ttl=600, pipeline=pipe)
+            queue.enqueue("lane_jobs.noop", result_ttl=600, pipeline=pipe)
         pipe.execute()
     start = round_trips.count
     _work(FastWorker, queue)
@@ -131,9 +131,9 @@ def test_a_job_started_for_next_goes_back_as_it_was(redis: Redis, queue_name: st
     """max_jobs=1 ends the burst after the first job, whose success started the second: the
     second goes back to the front of the queue, as it was before it was taken."""
     queue = _queue(redis, queue_name)
-    first = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    first = queue.enqueue("lane_jobs.noop", result_ttl=600)
     second = queue.enqueue("lane_jobs.answer", 1, result_ttl=600, ttl=300)
-    third = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    third = queue.enqueue("lane_jobs.noop", result_ttl=600)
     before = redis.hgetall(second.key)
     worker = _work(FastWorker, queue, max_jobs=1)
 
@@ -190,16 +190,16 @@ def test_quick_jobs_start_while_the_step_before_is_on_its_way(
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
     )
     for _ in range(5):  # the worker learns that bench.jobs.noop is quick
-        queue.enqueue("bench.jobs.noop", result_ttl=600)
+        queue.enqueue("lane_jobs.noop", result_ttl=600)
     worker.work(burst=True, logging_level="WARNING")
     sent = []
     sender = worker.pipeline.sender
     send = sender.send
     sender.send = lambda *args: (sent.append(args[0]), send(*args))[1]  # type: ignore[method-assign]
 
-    first = queue.enqueue("bench.jobs.noop", result_ttl=600)
-    second = queue.enqueue("bench.jobs.noop", result_ttl=600, ttl=300)
-    third = queue.enqueue("bench.jobs.noop", result_ttl=600)
+    first = queue.enqueue("lane_jobs.noop", result_ttl=600)
+    second = queue.enqueue("lane_jobs.noop", result_ttl=600, ttl=300)
+    third = queue.enqueue("lane_jobs.noop", result_ttl=600)
     before = redis.hgetall(second.key)
     worker.work(burst=True, logging_level="WARNING", max_jobs=1)
 
@@ -236,7 +236,7 @@ def test_no_job_waits_in_a_worker_behind_a_slow_one(
     assert waiting.get_status() == JobStatus.FINISHED
 
 
-def _learnt_worker(redis: Redis, queue: Queue, function: str = "bench.jobs.noop") -> FastWorker:
+def _learnt_worker(redis: Redis, queue: Queue, function: str = "lane_jobs.noop") -> FastWorker:
     """A worker that has run `function` quickly often enough to hold jobs behind it."""
     worker = FastWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=f"lane-{uuid.uuid4().hex[:8]}"
@@ -265,7 +265,7 @@ def test_steps_go_out_ahead_and_held_jobs_go_back_in_order(
         send(*args)
 
     sender.send = spy  # type: ignore[method-assign]
-    jobs = [queue.enqueue("bench.jobs.noop", result_ttl=600, ttl=300) for _ in range(12)]
+    jobs = [queue.enqueue("lane_jobs.noop", result_ttl=600, ttl=300) for _ in range(12)]
     before = {job.id: redis.hgetall(job.key) for job in jobs}
     worker.work(burst=True, logging_level="WARNING", max_jobs=6)
 

@@ -51,8 +51,8 @@ def test_a_queue_left_out_keeps_its_jobs_while_the_others_drain(
     monkeypatch.setattr(pipeline, "QUICK_S", 5.0)  # every run counts as quick
     paused, running = _queues(redis, queue_name)
     redis.sadd(PAUSED_KEY, paused.name)
-    kept = [paused.enqueue("bench.jobs.noop", result_ttl=600) for _ in range(5)]
-    done = [running.enqueue("bench.jobs.noop", result_ttl=600) for _ in range(12)]
+    kept = [paused.enqueue("lane_jobs.noop", result_ttl=600) for _ in range(5)]
+    done = [running.enqueue("lane_jobs.noop", result_ttl=600) for _ in range(12)]
     worker = _worker(redis, (paused, running))
     worker.work(burst=True, logging_level="WARNING")
     assert all(job.get_status() == JobStatus.FINISHED for job in done)
@@ -72,7 +72,7 @@ def test_a_burst_worker_with_every_queue_left_out_takes_nothing(
 ) -> None:
     queues = _queues(redis, queue_name)
     redis.sadd(PAUSED_KEY, *(q.name for q in queues))
-    jobs = [q.enqueue("bench.jobs.noop", result_ttl=600) for q in queues]
+    jobs = [q.enqueue("lane_jobs.noop", result_ttl=600) for q in queues]
     started = time.monotonic()
     assert _worker(redis, queues).work(burst=True, logging_level="WARNING") is False
     assert time.monotonic() - started < 10
@@ -94,8 +94,8 @@ def test_a_worker_with_no_queue_to_take_from_waits_without_spinning_then_takes(
     argv += ["--worker-class", "pausing_worker.PausingWorker"]
     env = {"PYTHONPATH": f"{Path(__file__).parents[1]}:{Path(__file__).parents[2]}"}
     worker = processes.start(argv, settings, env=env)
-    waiting = first.enqueue("bench.jobs.noop", result_ttl=600)
-    other = second.enqueue("bench.jobs.noop", result_ttl=600)
+    waiting = first.enqueue("lane_jobs.noop", result_ttl=600)
+    other = second.enqueue("lane_jobs.noop", result_ttl=600)
     wait_until(
         lambda: (
             b"Listening on" in Path(processes.tmp_path / "proc-0.log").read_bytes()
