@@ -5,7 +5,7 @@ once per process, from OpenTelemetry's own `OTEL_*` variables, and only when the
 exporter (`OTEL_TRACES_EXPORTER`/`OTEL_METRICS_EXPORTER` other than `none`, or an
 `OTEL_EXPORTER_OTLP_*ENDPOINT`) and `OTEL_SDK_DISABLED` is not true. A process embedding phase1
 that set up its own TracerProvider is traced too. Otherwise every helper here returns at once
-and OpenTelemetry is not even imported: tracing off costs a job nothing it could measure.
+and phase1 imports nothing of OpenTelemetry: tracing off costs a job a few flag tests.
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def _span(
     if link:
         linked = trace.get_current_span(extract(link)).get_span_context()
         links = [trace.Link(linked)] if linked.is_valid else None
-    tracer = trace.get_tracer(TRACER_NAME)
+    tracer = _instruments.get("tracer")
+    if tracer is None:  # one Tracer per process: get_tracer builds a new one each call
+        tracer = _instruments["tracer"] = trace.get_tracer(TRACER_NAME)
     with tracer.start_as_current_span(
         name,
         context=_parent(parent),
@@ -189,12 +191,13 @@ def capture() -> Context | None:
     return context.get_current()
 
 
-@contextlib.contextmanager
-def restored(ctx: Context | SpanContext | None) -> Iterator[None]:
+def restored(ctx: Context | SpanContext | None) -> contextlib.AbstractContextManager[None]:
     """Make `ctx` (a captured Context, or a SpanContext to parent children) current."""
-    if ctx is None:
-        yield
-        return
+    return _OFF if ctx is None else _restored(ctx)
+
+
+@contextlib.contextmanager
+def _restored(ctx: Context | SpanContext) -> Iterator[None]:
     from opentelemetry import context, trace
 
     if isinstance(ctx, trace.SpanContext):

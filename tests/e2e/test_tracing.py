@@ -198,3 +198,48 @@ def test_a_plain_rq_worker_continues_the_trace(
     assert attempt.parent_id == send.span_id, tree(spans)
     assert attempt.attributes["phase1.attempt"] == 1
     assert one(spans, "create tasks").parent_id == attempt.span_id
+
+
+def test_dead_lettering_is_a_span_and_a_requeued_job_links_to_the_original_trace(
+    processes: Processes,
+    make_settings,  # type: ignore[no-untyped-def]
+    ctx: Phase1,
+    collector: Collector,
+) -> None:
+    settings: Settings = make_settings(max_retries=0)
+    env = otel_env(collector, "phase1-worker")
+    api = start_server(processes, settings, env=otel_env(collector, "phase1-serve"))
+    processes.start([PHASE1, "worker"], settings, env=env)
+    plan_id = make_plan(ctx)
+    inject_fault(settings.database_url or "", plan_id, fail_times=1)
+    traceparent, trace_id, _ = caller_traceparent()
+    job_id = api.approve(plan_id, headers={"traceparent": traceparent}).json["jobId"]
+    name = f"dead-letter {settings.queue}"
+    wait_until(lambda: collector.named(trace_id, name), 60, what="the dead-letter span")
+    spans = collector.trace(trace_id)
+    attempt = one(spans, f"process {settings.queue}")
+    dead = one(spans, name)
+    assert dead.kind == "producer" and dead.parent_id == attempt.span_id, tree(spans)
+    assert attempt.attributes["phase1.retry.final"] is True
+    assert dead.attributes["messaging.message.id"] == job_id
+
+    requeue = processes.start([PHASE1, "dlq", "requeue", job_id], settings, env=env)
+    assert requeue.wait(timeout=60) == 0
+    wait_until(lambda: task_count(settings.database_url or "", plan_id) > 0, 60, what="tasks")
+
+    def requeued() -> Span | None:
+        with collector.lock:
+            found = [s for s in collector.spans if s.name == f"requeue {settings.queue}"]
+        return found[0] if found else None
+
+    span = wait_until(requeued, 30, what="the requeue span")
+    assert span.trace_id != trace_id  # the CLI's requeue starts a trace of its own...
+    assert span.links and span.links[0][0] == trace_id  # ...linked to the original one
+    rerun = wait_until(
+        lambda: collector.named(span.trace_id, f"process {settings.queue}"),
+        30,
+        what="the requeued attempt",
+    )
+    new_trace = collector.trace(span.trace_id)
+    send = one(new_trace, f"send {settings.queue}")
+    assert send.parent_id == span.span_id and rerun[0].parent_id == send.span_id, tree(new_trace)
