@@ -9,7 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from phase1 import tracing
 from phase1.context import Phase1, build
+from phase1.logformat import TEXT_FORMAT, formatter
 from phase1.settings import Settings, load_settings
 
 
@@ -41,6 +43,8 @@ class State:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(**self.overrides)
+            use_log_format(self._settings.log_format)  # issue 24: JSON logs and tracing
+            tracing.configure()  # OTEL_* read by the SDK; a bad value stops here, one line
         return self._settings
 
     def resolved(self) -> Settings:
@@ -74,13 +78,31 @@ class State:
 SERVICES = frozenset({"worker", "serve", "up"})
 
 
+_command: str | None = None
+
+
 def setup_logging(debug: bool, command: str | None = None) -> None:
+    global _command
+    _command = command
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=TEXT_FORMAT,
         stream=sys.stderr,
     )
     if not debug and command not in SERVICES:
         # A one-off command reports an unreachable PostgreSQL in its one error line; the
         # pool's per-attempt warnings would only bury it.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+def use_log_format(log_format: str) -> None:
+    """PHASE1_LOG_FORMAT=json: the root logger's handlers (RQ's loggers log through them when
+    they find one) write JSON lines; a service then logs phase1's INFO lines too, for the
+    log pipeline that reads them (each approval, each attempt, with its trace id)."""
+    if log_format != "json":
+        return
+    fmt = formatter(log_format)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(fmt)
+    if _command in SERVICES and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("phase1").setLevel(logging.INFO)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from phase1 import tracing
 from phase1.cli.state import TRACEBACKS, State, setup_logging
 from phase1.errors import Phase1Error
 
@@ -90,6 +91,8 @@ def start_worker(st: State, args: WorkerArgs, *, supervised: bool = False) -> in
         )
     from phase1.runtime.worker import run
 
+    if not args.fork:
+        tracing.batch_across_jobs()  # issue 24: jobs run in this process; export in batches
     ctx = st.connect(pool_size=4)
     if supervised:
         ctx.open_pool()  # psycopg came with the fork: connect in the background now

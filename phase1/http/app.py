@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import bottle
 
+from phase1 import tracing
 from phase1.context import Phase1, build
 from phase1.http import console, errors, openapi, routes
 from phase1.http.deadline import GuardedPhase1, Watchdog
@@ -17,6 +19,7 @@ from phase1.http.metrics import Metrics
 from phase1.settings import Settings
 
 StartResponse = Callable[..., Any]
+_ROUTE_PARAM = re.compile(r"<(\w+)(?::[^>]*)?>")
 
 
 class Phase1App(bottle.Bottle):  # type: ignore[misc]  # bottle ships no type hints
@@ -31,6 +34,54 @@ class Phase1App(bottle.Bottle):  # type: ignore[misc]  # bottle ships no type hi
         self.openapi_json = openapi.render(ctx.settings)
 
     def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if not tracing.enabled():
+            return self._serve(environ, start_response)
+        return self._serve_traced(environ, start_response)
+
+    def _serve_traced(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Issue 24: the request as an OpenTelemetry server span (HTTP semantic conventions),
+        continuing the caller's W3C `traceparent`."""
+        method = environ.get("REQUEST_METHOD", "")
+        seen: list[str] = []
+
+        def record_status(status: str, headers: Any, exc_info: Any = None) -> Any:
+            seen.append(status)
+            return start_response(status, headers, exc_info)
+
+        carrier = {
+            "traceparent": environ.get("HTTP_TRACEPARENT"),
+            "tracestate": environ.get("HTTP_TRACESTATE"),
+        }
+        attributes = {
+            "http.request.method": method,
+            "url.path": environ.get("PATH_INFO", ""),
+            "url.scheme": environ.get("wsgi.url_scheme", "http"),
+            "server.address": environ.get("SERVER_NAME"),
+            "server.port": int(environ.get("SERVER_PORT") or 0) or None,
+            "client.address": environ.get("REMOTE_ADDR"),
+            "user_agent.original": environ.get("HTTP_USER_AGENT"),
+        }
+        with tracing.span(method, kind="server", attributes=attributes, parent=carrier) as span:
+            try:
+                return self._serve(environ, record_status)
+            finally:
+                route = environ.get("bottle.route")
+                code = int(seen[0][:3]) if seen else 500
+                if span is not None:
+                    if route is not None:
+                        template = _ROUTE_PARAM.sub(r"{\1}", route.rule)  # <id:path> -> {id}
+                        span.update_name(f"{method} {template}")
+                        span.set_attribute("http.route", template)
+                    span.set_attribute("http.response.status_code", code)
+                    if code >= 500:
+                        from opentelemetry.trace import Status, StatusCode
+
+                        span.set_attribute("error.type", str(code))
+                        span.set_status(Status(StatusCode.ERROR))
+
+    def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         seen: list[str] = []
 

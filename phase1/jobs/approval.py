@@ -13,6 +13,7 @@ from uuid import UUID
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from phase1 import tracing
 from phase1.context import Phase1, redis_unavailable
 from phase1.db import Row
 from phase1.domain import approval
@@ -99,9 +100,25 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
     The plan's status and the `pending` execution row commit together; the job is enqueued
     after the commit (a transactional outbox: if Redis fails now, the reconciler enqueues it).
     """
+    if not tracing.enabled():
+        return _approve(ctx, plan_id)
+    # Issue 24: one span over the approval; its transaction and enqueue are its children.
+    with tracing.span("phase1.approve", attributes={"phase1.plan_id": str(plan_id)}) as span:
+        approved = _approve(ctx, plan_id)
+        tracing.set_attributes(
+            span, {"messaging.message.id": approved.job_id, "phase1.created": approved.created}
+        )
+        return approved
+
+
+def _approve(ctx: Phase1, plan_id: UUID) -> Approval:
     settings = ctx.settings
     job_id = str(uuid.uuid4())
-    with _redis_answers(ctx) as redis_answered, ctx.transaction() as conn:
+    with (
+        tracing.db_span("approve plan", ctx.database_url),  # issue 24: the transaction's span
+        _redis_answers(ctx) as redis_answered,
+        ctx.transaction() as conn,
+    ):
         row = approval.record(conn, plan_id, job_id, settings.queue, settings.max_attempts)
         redis_answered()  # before the COMMIT: Redis down, and nothing is written
     if row is None:
@@ -135,6 +152,7 @@ def approve(ctx: Phase1, plan_id: UUID) -> Approval:
             f"approval of plan {plan_id} is recorded as job {job_id} but Redis is "
             f"unavailable ({exc.__cause__ or exc}); it will be enqueued once Redis is back"
         ) from exc
+    log.info("plan %s approved; job %s enqueued on %s", plan_id, job_id, settings.queue)
     return Approval(job_id=job_id, plan_id=plan_id, status="pending", created=True)
 
 

@@ -19,7 +19,7 @@ from redis import Redis
 from redis.exceptions import RedisError, WatchError
 from rq.job import Job, JobStatus
 
-from phase1 import keys
+from phase1 import keys, tracing
 from phase1.context import Phase1
 from phase1.domain import audit
 from phase1.errors import NotFoundError, Phase1Error, UnavailableError
@@ -230,7 +230,22 @@ def requeue(ctx: Phase1, job_id: str, *, dry_run: bool = False) -> Requeued:
     )
     if dry_run:
         return outcome
-    move_to_queue(ctx, job_id, plan_id)
+    # Issue 24: the requeue is a span (the root of a new trace from the CLI) linked to the
+    # trace that dead-lettered the job; the requeued job's attempts continue the new one.
+    with tracing.span(
+        f"requeue {settings.queue}",
+        kind="producer",
+        attributes={
+            "messaging.system": "rq",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "requeue",
+            "messaging.destination.name": settings.queue,
+            "messaging.message.id": job_id,
+            "phase1.plan_id": str(plan_id),
+        },
+        link=tracing.carrier_of(entry),
+    ):
+        move_to_queue(ctx, job_id, plan_id)
     updated = None
     try:
         with ctx.transaction() as conn:

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.job import Job
 
-from phase1 import keys
+from phase1 import keys, tracing
 from phase1.engine import success_writes
 from phase1.jobs import webhooks
 from phase1.keys import ACTIVE as ACTIVE
@@ -124,9 +124,13 @@ def emit_after_success(
     running that many seconds later sends them on their own then. Either way subscribers
     hear of them once written, and in the order emitted."""
 
+    # Issue 24: written after the job's span ended, webhook deliveries still join its trace.
+    traced = tracing.capture()
+
     def write(pipe: Pipeline) -> None:
-        for event in batch:
-            emit(pipe, settings, event)
+        with tracing.restored(traced):
+            for event in batch:
+                emit(pipe, settings, event)
 
     def then() -> None:
         for event in batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback as tb_module
@@ -16,11 +17,11 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from phase1 import context
+from phase1 import context, keys, logformat, tracing
 from phase1.context import Phase1
 from phase1.domain import audit, phase1_tasks
 from phase1.errors import AttemptSuperseded, PermanentJobError, UnavailableError
-from phase1.jobs import deadletter, events
+from phase1.jobs import attempt_trace, deadletter, events
 from phase1.jobs.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
 
@@ -51,15 +52,27 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     The tasks and the `completed` execution row are written in one transaction, so a run
     either does all of it or none; a second run of a completed job changes nothing.
     """
-    payload = _payload(raw_payload)
     job = get_current_job()
     if job is None:
         raise PermanentJobError("run_phase1_job must run inside an RQ job")
+    token = logformat.set_job(job.id, _plan_id(job))
+    try:
+        if not tracing.enabled():
+            return _run(raw_payload, job, None)
+        # Issue 24: the attempt as a consumer span, continuing the trace in the job's meta.
+        with attempt_trace.attempt_span(job, describe_failure) as span:
+            return _run(raw_payload, job, span)
+    finally:
+        logformat.job_fields.reset(token)
+
+
+def _run(raw_payload: Any, job: Job, span: Any) -> dict[str, Any]:
+    payload = _payload(raw_payload)
     ctx = context.for_worker_process()
     plan_id = str(payload.planId)
     opened_attempts.pop(job.id, None)  # one this process opened in an earlier run is over
 
-    with ctx.transaction() as conn:
+    with tracing.db_span("open attempt", ctx.database_url), ctx.transaction() as conn:
         started = phase1_tasks.open_attempt(
             conn,
             job.id,
@@ -79,9 +92,11 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
     attempt = started.attempt
     opened_attempts[job.id] = attempt
+    logformat.set_attempt(attempt)
+    tracing.set_attributes(span, {"phase1.attempt": attempt})
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
-    with ctx.transaction() as conn:
+    with tracing.db_span("create tasks", ctx.database_url), ctx.transaction() as conn:
         outcome = phase1_tasks.create_tasks(
             conn,
             job.id,
@@ -96,6 +111,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         )
     opened_attempts.pop(job.id, None)
     result = outcome.result
+    log.info("job %s attempt %s: the plan's Phase 1 tasks are created", job.id, attempt)
     if not outcome.ran:
         return result
     # Progress and completion once the work is committed; with phase1's worker in the same
@@ -194,21 +210,38 @@ def on_failure(
     next_retry_at = None
     if not final:
         next_retry_at = datetime.now(UTC) + timedelta(seconds=job.get_retry_interval())
-    record_failure(
-        job,
-        connection,
-        reason=reason,
-        error_type=error_type,
-        message=message,
-        traceback_text="".join(tb_module.format_exception(exc_type, exc_value, tb))
-        if exc_type and tb
-        else None,
-        final=final,
-        next_retry_at=next_retry_at,
-        # The orphan sweep may have recorded this dead attempt first.
-        only_if_active=reason == "abandoned",
-        attempt=opened_attempts.pop(job.id, None),
-    )
+    attempt = opened_attempts.pop(job.id, None)
+    token = logformat.set_job(job.id, _plan_id(job), attempt)
+    # Issue 24: the dead-lettering and its webhook in the failed attempt's trace.
+    with tracing.restored(attempt_trace.failed_spans.pop(job.id, None)):
+        log.warning(
+            "job %s: attempt failed (%s: %s); %s",
+            job.id,
+            error_type,
+            message[:500],
+            "dead-lettered" if final else f"retry at {next_retry_at:%H:%M:%S}",
+        )
+        try:
+            record_failure(
+                job,
+                connection,
+                reason=reason,
+                error_type=error_type,
+                message=message,
+                traceback_text="".join(tb_module.format_exception(exc_type, exc_value, tb))
+                if exc_type and tb
+                else None,
+                final=final,
+                next_retry_at=next_retry_at,
+                # The orphan sweep may have recorded this dead attempt first.
+                only_if_active=reason == "abandoned",
+                attempt=attempt,
+            )
+        finally:
+            logformat.job_fields.reset(token)
+            if final:
+                attempt_trace.record_finished(job, "failed")
+            tracing.job_done()
 
 
 def record_failure(
@@ -269,39 +302,61 @@ def record_failure(
             message,
         )
         return "superseded"
-    attempt = failed.attempt if failed is not None else None
-    dead_lettered = False
+    # Issue 24: dead-lettering is a span (the final webhook goes out inside it), and the DLQ
+    # entry keeps its trace, for a requeued job's span to link to.
+    stack = contextlib.ExitStack()
     if final:
-        history = failed.history if failed is not None else []
-        dead_lettered = deadletter.add(
-            connection,
-            settings.queue,
-            deadletter.make_entry(
-                job_id=job.id,
-                plan_id=plan_id,
-                queue=settings.queue,
-                reason=reason,
-                error_type=error_type,
-                message=message,
-                traceback_text=traceback_text,
-                payload=_payload_of(job),
-                history=history,
-            ),
-            retention=settings.dlq_retention,
+        stack.enter_context(
+            tracing.span(
+                f"dead-letter {settings.queue}",
+                kind="producer",
+                attributes={
+                    "messaging.system": "rq",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": keys.dlq_index(settings.queue),
+                    "messaging.message.id": job.id,
+                    "phase1.plan_id": plan_id,
+                    "phase1.failure.reason": reason,
+                },
+                parent=None if tracing.current_ids() else tracing.carrier_of(job.meta),
+            )
         )
-        if attempt is None and history:
-            attempt = int(history[-1]["attempt"])
-    recorded = (failed is not None and failed.attempt is not None) or dead_lettered
-    if recorded or audit_error is not None:
-        data: dict[str, Any] = {
-            "final": final,
-            "reason": reason,
-            "error": {"type": error_type, "message": message},
-        }
-        if next_retry_at is not None:
-            data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
-        event = events.make(events.FAILED, job.id, plan_id, attempt, data)
-        events.emit(connection, settings, event)
+    with stack:
+        attempt = failed.attempt if failed is not None else None
+        dead_lettered = False
+        if final:
+            history = failed.history if failed is not None else []
+            dead_lettered = deadletter.add(
+                connection,
+                settings.queue,
+                tracing.traced(
+                    deadletter.make_entry(
+                        job_id=job.id,
+                        plan_id=plan_id,
+                        queue=settings.queue,
+                        reason=reason,
+                        error_type=error_type,
+                        message=message,
+                        traceback_text=traceback_text,
+                        payload=_payload_of(job),
+                        history=history,
+                    )
+                ),
+                retention=settings.dlq_retention,
+            )
+            if attempt is None and history:
+                attempt = int(history[-1]["attempt"])
+        recorded = (failed is not None and failed.attempt is not None) or dead_lettered
+        if recorded or audit_error is not None:
+            data: dict[str, Any] = {
+                "final": final,
+                "reason": reason,
+                "error": {"type": error_type, "message": message},
+            }
+            if next_retry_at is not None:
+                data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
+            event = events.make(events.FAILED, job.id, plan_id, attempt, data)
+            events.emit(connection, settings, event)
     if audit_error is not None:
         raise audit_error
     return "recorded" if recorded else "duplicate"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID
 
@@ -15,7 +16,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.scripts import _build_hset_args
 
-from phase1 import keys
+from phase1 import keys, tracing
 from phase1.context import Phase1
 from phase1.domain import audit
 from phase1.errors import NotFoundError, UnavailableError
@@ -56,6 +57,27 @@ def enqueue(ctx: Phase1, job_id: str, plan_id: UUID, *, pipeline: Pipeline | Non
     Raises UnavailableError when Redis cannot take it; the caller's PostgreSQL row stays
     `pending` and the reconciler enqueues it later.
     """
+    with _send_span(ctx, job_id, plan_id):  # issue 24
+        return _enqueue(ctx, job_id, plan_id, pipeline)
+
+
+def _send_span(ctx: Phase1, job_id: str, plan_id: UUID) -> AbstractContextManager[Any]:
+    """The enqueue as an OpenTelemetry producer span (messaging semantic conventions)."""
+    return tracing.span(
+        f"send {ctx.settings.queue}",
+        kind="producer",
+        attributes={
+            "messaging.system": "rq",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "enqueue",
+            "messaging.destination.name": ctx.settings.queue,
+            "messaging.message.id": job_id,
+            "phase1.plan_id": str(plan_id),
+        },
+    )
+
+
+def _enqueue(ctx: Phase1, job_id: str, plan_id: UUID, pipeline: Pipeline | None) -> Job:
     payload = JobPayload(planId=plan_id).model_dump(mode="json")
     # rq's unique check is a Lua script that runs at once, outside any pipeline; a pipelined
     # enqueue is only used for fresh ids, which nothing else can hold.
@@ -66,7 +88,7 @@ def enqueue(ctx: Phase1, job_id: str, plan_id: UUID, *, pipeline: Pipeline | Non
             job_id=job_id,
             unique=pipeline is None,
             description=f"Phase 1 tasks for plan {plan_id}",
-            meta={"planId": str(plan_id)},
+            meta=tracing.traced({"planId": str(plan_id)}),  # issue 24: the trace travels
             pipeline=pipeline,
             **job_options(ctx.settings),
         )
@@ -113,6 +135,12 @@ def enqueue_announced(ctx: Phase1, job_id: str, plan_id: UUID, event: Event) -> 
         enqueue(ctx, job_id, plan_id)
         events.emit(ctx.redis, settings, event)
         return True
+    with _send_span(ctx, job_id, plan_id):  # issue 24
+        return _enqueue_announced(ctx, job_id, plan_id, event)
+
+
+def _enqueue_announced(ctx: Phase1, job_id: str, plan_id: UUID, event: Event) -> bool:
+    settings = ctx.settings
     queue = ctx.queue()
     payload = JobPayload(planId=plan_id).model_dump(mode="json")
     options = job_options(settings)
@@ -126,7 +154,7 @@ def enqueue_announced(ctx: Phase1, job_id: str, plan_id: UUID, event: Event) -> 
         retry=options["retry"],
         on_failure=options["on_failure"],
         description=f"Phase 1 tasks for plan {plan_id}",
-        meta={"planId": str(plan_id)},
+        meta=tracing.traced({"planId": str(plan_id)}),  # issue 24: the trace travels
     )
     job.origin = queue.name
     queue._prepare_for_queue(job)  # what RQ sets before it saves: version, enqueued_at, status

@@ -29,7 +29,7 @@ from rq import Callback, Queue, Retry, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from phase1 import context, keys
+from phase1 import context, keys, tracing
 from phase1.errors import ConfigError, Phase1Error
 from phase1.schemas import Event
 from phase1.settings import Settings
@@ -145,6 +145,7 @@ def enqueue(pipe: Pipeline, settings: Settings, event: Event, connection: Redis)
                 "eventId": event.id,
                 "eventType": event.type,
                 "jobId": event.jobId,
+                **tracing.traced({}),  # issue 24: the delivery joins the job's trace
             },
             # RQ's annotation says int; it only does timedelta(seconds=...) with the value.
             retry=Retry(max=len(schedule), interval=schedule) if schedule else None,  # type: ignore[arg-type]
@@ -193,7 +194,45 @@ def deliver(receiver: dict[str, str], envelope: dict[str, Any]) -> dict[str, Any
     job = get_current_job()
     if job is not None:
         headers[ATTEMPT_HEADER] = str(try_number(job))
-    status = post(url, body, headers, timeout=settings.webhook_timeout)
+    if not tracing.enabled():
+        status = post(url, body, headers, timeout=settings.webhook_timeout)
+        return {"url": receiver["url"], "status": status}
+    try:
+        return _deliver_traced(url, receiver, body, headers, job, settings.webhook_timeout)
+    finally:
+        tracing.job_done()
+
+
+def _deliver_traced(
+    url: str,
+    receiver: dict[str, str],
+    body: bytes,
+    headers: dict[str, str],
+    job: Job | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """Issue 24: the POST as an OpenTelemetry client span in the job's trace; the receiver
+    gets its `traceparent`."""
+    parts = urlsplit(url)
+    attributes = {
+        "http.request.method": "POST",
+        "url.full": receiver["url"],  # scheme, host and port only: the path may hold a token
+        "server.address": parts.hostname,
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        "phase1.webhook.event": headers.get(EVENT_HEADER),
+        "phase1.webhook.delivery": headers.get(DELIVERY_HEADER),
+    }
+    if job is not None:
+        attributes["http.request.resend_count"] = try_number(job) - 1 or None
+    parent = tracing.carrier_of(job.meta if job is not None else None)
+    with tracing.span("POST", kind="client", attributes=attributes, parent=parent) as span:
+        tracing.inject(headers)
+        try:
+            status = post(url, body, headers, timeout=timeout)
+        except DeliveryError as exc:
+            tracing.set_attributes(span, {"error.type": type(exc.__cause__ or exc).__name__})
+            raise
+        tracing.set_attributes(span, {"http.response.status_code": status})
     return {"url": receiver["url"], "status": status}
 
 

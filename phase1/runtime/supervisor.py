@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from phase1 import tracing
+
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -96,6 +98,8 @@ def _forked(run_child: Callable[[list[str]], int], argv: list[str]) -> _Forked:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        with contextlib.suppress(Exception):
+            tracing.flush()  # issue 24: os._exit skips the SDK's own export at exit
         os._exit(code)
 
 
