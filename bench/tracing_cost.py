@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from phase1 import logformat, tracing
 from phase1.jobs import attempt_trace
 from phase1.jobs.phase1_job import describe_failure
+from phase1.telemetry import logs as logformat
+from phase1.telemetry import tracing
 
 URL = "postgresql://127.0.0.1:5432/phase1"
 

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     job_timeout: int = Field(default=10, ge=1, le=86_400)
     shutdown_timeout: float = Field(default=30, gt=0, le=86_400)
     approval_mode: Literal["queue", "sync"] = "queue"
-    # Log lines as readable text, or one JSON object per line (phase1.logformat).
+    # Log lines as readable text, or one JSON object per line (phase1.telemetry.logs).
     log_format: Literal["text", "json"] = "text"
     api_token: SecretStr | None = None
     # Without an API token the web console is read-only, unless this lets it act.

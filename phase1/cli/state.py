@@ -9,10 +9,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from phase1 import tracing
 from phase1.context import Phase1, build
-from phase1.logformat import TEXT_FORMAT, formatter
 from phase1.settings import Settings, load_settings
+from phase1.telemetry import tracing
+from phase1.telemetry.logs import TEXT_FORMAT, formatter
 
 
 # How tracebacks show (with --debug, or an unexpected error): the Typer app's settings, read

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from phase1 import tracing
 from phase1.cli.state import TRACEBACKS, State, setup_logging
 from phase1.errors import Phase1Error
+from phase1.telemetry import tracing
 
 MAX_PROCESSES = 64
 _FLAGS = {"--burst": "burst", "--fork": "fork", "--skip-checks": "skip_checks"}

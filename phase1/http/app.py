@@ -11,12 +11,12 @@ from typing import Any
 
 import bottle
 
-from phase1 import tracing
 from phase1.context import Phase1, build
 from phase1.http import console, errors, openapi, routes
 from phase1.http.deadline import GuardedPhase1, Watchdog
 from phase1.http.metrics import Metrics
 from phase1.settings import Settings
+from phase1.telemetry import tracing
 
 StartResponse = Callable[..., Any]
 _ROUTE_PARAM = re.compile(r"<(\w+)(?::[^>]*)?>")

@@ -13,7 +13,6 @@ from uuid import UUID
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from phase1 import tracing
 from phase1.context import Phase1, redis_unavailable
 from phase1.db import Row
 from phase1.domain import approval
@@ -26,6 +25,7 @@ from phase1.errors import (
 from phase1.jobs import events
 from phase1.jobs import queue as jobs
 from phase1.schemas import Plan
+from phase1.telemetry import tracing
 
 log = logging.getLogger(__name__)
 

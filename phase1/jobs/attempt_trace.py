@@ -16,7 +16,7 @@ from typing import Any
 
 from rq.job import Job
 
-from phase1 import tracing
+from phase1.telemetry import tracing
 
 Describe = Callable[[type[BaseException], BaseException, Any], tuple[str, str, str]]
 

@@ -19,13 +19,14 @@ from redis import Redis
 from redis.exceptions import RedisError, WatchError
 from rq.job import Job, JobStatus
 
-from phase1 import keys, tracing
+from phase1 import keys
 from phase1.context import Phase1
 from phase1.domain import audit
 from phase1.errors import NotFoundError, Phase1Error, UnavailableError
 from phase1.jobs import events
 from phase1.jobs import queue as jobs
 from phase1.settings import redact_url
+from phase1.telemetry import tracing
 
 if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
     from phase1.db import Row

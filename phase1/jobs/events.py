@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.job import Job
 
-from phase1 import keys, tracing
+from phase1 import keys
 from phase1.engine import success_writes
 from phase1.jobs import webhooks
 from phase1.keys import ACTIVE as ACTIVE
@@ -28,6 +28,7 @@ from phase1.keys import PROGRESS as PROGRESS
 from phase1.keys import REQUEUED as REQUEUED
 from phase1.schemas import Event
 from phase1.settings import Settings
+from phase1.telemetry import tracing
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,15 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from phase1 import context, keys, logformat, tracing
+from phase1 import context, keys
 from phase1.context import Phase1
 from phase1.domain import audit, phase1_tasks
 from phase1.errors import AttemptSuperseded, PermanentJobError, UnavailableError
 from phase1.jobs import attempt_trace, deadletter, events
 from phase1.jobs.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
+from phase1.telemetry import logs as logformat
+from phase1.telemetry import tracing
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,14 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.scripts import _build_hset_args
 
-from phase1 import keys, tracing
+from phase1 import keys
 from phase1.context import Phase1
 from phase1.domain import audit
 from phase1.errors import NotFoundError, UnavailableError
 from phase1.jobs import events
 from phase1.schemas import Event, JobPayload, JobView
 from phase1.settings import Settings, redact_url
+from phase1.telemetry import tracing
 
 FAILURE_CALLBACK = "phase1.job.on_failure"
 # Finished jobs stay in Redis a while for rq tools; PostgreSQL remembers them for good.

@@ -29,10 +29,11 @@ from rq import Callback, Queue, Retry, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from phase1 import context, keys, tracing
+from phase1 import context, keys
 from phase1.errors import ConfigError, Phase1Error
 from phase1.schemas import Event
 from phase1.settings import Settings
+from phase1.telemetry import tracing
 
 log = logging.getLogger(__name__)
 

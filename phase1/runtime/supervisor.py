@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from phase1 import tracing
+from phase1.telemetry import tracing
 
 log = logging.getLogger(__name__)
 

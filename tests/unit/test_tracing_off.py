@@ -13,8 +13,9 @@ import textwrap
 
 import pytest
 
-from phase1 import logformat, tracing
 from phase1.errors import ConfigError
+from phase1.telemetry import logs as logformat
+from phase1.telemetry import tracing
 
 
 def run(code: str, **env: str) -> str:
@@ -35,7 +36,7 @@ def test_with_no_otel_variables_a_worker_never_imports_opentelemetry() -> None:
         """
         import json, sys
         import phase1.jobs.phase1_job, phase1.runtime.worker, phase1.http.app
-        from phase1 import tracing
+        from phase1.telemetry import tracing
         tracing.configure()
         assert not tracing.enabled()
         with tracing.span("x") as span, tracing.db_span("y", "postgresql://h/db"):
@@ -49,11 +50,15 @@ def test_with_no_otel_variables_a_worker_never_imports_opentelemetry() -> None:
     # redis-py (8.x) imports OpenTelemetry's metrics API itself when it is installed; phase1
     # loads neither the SDK's tracing, nor its propagators, nor its own SDK set-up.
     modules = set(json.loads(loaded))
-    assert not modules & {"phase1.otelsdk", "opentelemetry.propagate", "opentelemetry.sdk.trace"}
+    assert not modules & {
+        "phase1.telemetry.sdk",
+        "opentelemetry.propagate",
+        "opentelemetry.sdk.trace",
+    }
 
 
 def test_the_sdk_starts_when_an_otlp_endpoint_is_set() -> None:
-    code = "from phase1 import tracing; print(tracing.configure())"
+    code = "from phase1.telemetry import tracing; print(tracing.configure())"
     assert run(code, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:1") == "True"
     assert run(code, OTEL_TRACES_EXPORTER="console") == "True"
     assert run(code, OTEL_TRACES_EXPORTER="none") == "False"

@@ -1,6 +1,6 @@
 """The OpenTelemetry SDK set up from its standard OTEL_* variables (the `phase1[otel]` extra).
 
-Imported by phase1.tracing only when OTEL_* ask for an exporter; an ImportError here means the
+Imported by telemetry.tracing only when OTEL_* ask for an exporter; an ImportError here means the
 extra is not installed. The SDK reads its own variables (OTEL_SERVICE_NAME,
 OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_*, OTEL_BSP_*,
 OTEL_METRIC_EXPORT_INTERVAL); this module only picks the exporter that OTEL_TRACES_EXPORTER /

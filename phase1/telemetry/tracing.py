@@ -72,7 +72,7 @@ def configure(*, strict: bool = True) -> bool:
     traces, metrics = _wants("traces"), _wants("metrics")
     if traces or metrics:
         try:
-            from phase1 import otelsdk
+            from phase1.telemetry import sdk as otelsdk
         except ImportError:
             log.warning(
                 "OTEL_* asks for an exporter but the OpenTelemetry SDK is not installed "
@@ -251,7 +251,7 @@ def record(
 def flush(timeout_ms: int = 5000) -> None:
     """Export what is buffered now (before a forked work horse exits without atexit)."""
     if _tracing or _metrics:
-        from phase1 import otelsdk
+        from phase1.telemetry import sdk as otelsdk
 
         otelsdk.flush(timeout_ms)
 
