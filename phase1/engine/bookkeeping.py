@@ -105,6 +105,10 @@ class LaneWorker(HeldJobs, SimpleWorker):
         self._worker_executions = WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.name)
         self._header_tail = [self.key, self.name, self._worker_executions]
 
+    def queues_to_take(self) -> list[Queue]:
+        """The queues to take jobs from now (FastWorker.queues_to_take)."""
+        return self._ordered_queues
+
     # -- which jobs ------------------------------------------------------------------------
 
     def _plain(self, job: Job) -> bool:
@@ -306,9 +310,10 @@ class LaneWorker(HeldJobs, SimpleWorker):
         takes after that without starting them), or '-' (nothing)."""
         if not (take or peeks):
             return ["-"]
-        order = tuple(q.key for q in self._ordered_queues)
+        queues = self.queues_to_take()  # none: the Lua takes nothing
+        order = tuple(q.key for q in queues)
         if self._next_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
-            keys = [q.key for q in self._ordered_queues]
+            keys = [q.key for q in queues]
             pairs: list[Any] = []
             for key in keys:
                 pairs += [key, IntermediateQueue.get_intermediate_queue_key(key)]

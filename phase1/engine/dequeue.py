@@ -4,6 +4,8 @@ pop a stop signal may catch before the worker holds the job."""
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 from typing import Any
 
 from redis import Redis
@@ -138,3 +140,71 @@ class FastQueue(Queue):
             )
         note_popped(answer, True)
         return taken(answer, connection, cls, job_cls, serializer, death_penalty_class)
+
+
+# How often a worker waiting for a job asks again which queues it may take from: a queue
+# paused (or resumed) while it waits is seen within this many seconds.
+TAKE_RECHECK_S = 1
+
+
+def wait_and_take(
+    worker: Any, timeout: int | None, max_idle_time: int | None
+) -> tuple[Job, Queue] | None:
+    """RQ's dequeue_job_and_maintain_ttl, taking from `worker.queues_to_take()` and blocking
+    in slices of at most TAKE_RECHECK_S, so that the queues are asked for again that often.
+    With no queue to take from, it takes nothing (a burst worker returns at once)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from rq.exceptions import DequeueTimeout
+    from rq.worker import WorkerStatus
+
+    worker.set_state(WorkerStatus.IDLE)
+    worker.procline("Listening on " + ",".join(worker.queue_names()))
+    idle_since = time.monotonic()
+    wait_for_redis = 1.0
+    while True:
+        try:
+            worker.heartbeat()
+            if worker.should_run_maintenance_tasks:
+                worker.run_maintenance_tasks()
+            queues = worker.queues_to_take()
+            block: int | None = None
+            if timeout is not None:
+                block = max(1, min(timeout, TAKE_RECHECK_S))
+                if max_idle_time is not None:
+                    left = max_idle_time - (time.monotonic() - idle_since)
+                    if left <= 0:
+                        return None
+                    block = max(1, min(block, math.ceil(left)))
+            if not queues:
+                if block is None:
+                    return None
+                time.sleep(block)
+                continue
+            try:
+                result = worker.queue_class.dequeue_any(
+                    queues,
+                    block,
+                    connection=worker.connection,
+                    job_class=worker.job_class,
+                    serializer=worker.serializer,
+                    death_penalty_class=worker.death_penalty_class,
+                )
+            except DequeueTimeout:
+                continue
+            if result is not None:
+                job, queue = result
+                worker.reorder_queues(reference_queue=queue)
+                job.redis_server_version = worker.get_redis_server_version()
+                worker.log.info("Worker %s: %s: %s", worker.name, queue.name, job.id)
+            worker.heartbeat()
+            return result  # type: ignore[no-any-return]
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            worker.log.error(
+                "Worker %s: could not connect to Redis: %s; retrying in %d s",
+                worker.name,
+                exc,
+                wait_for_redis,
+            )
+            time.sleep(wait_for_redis)
+            wait_for_redis = min(wait_for_redis * worker.exponential_backoff_factor, 60.0)

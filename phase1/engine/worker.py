@@ -98,6 +98,12 @@ class FastWorker(bookkeeping.LaneWorker):
             return forever
         return int(t + max(extra, t * mult) + add)
 
+    def queues_to_take(self) -> list[Queue]:
+        """The queues to take jobs from now, in order (all of them by default). Every take
+        goes through here; with none, the worker takes nothing and asks again within a
+        second (TAKE_RECHECK_S)."""
+        return self._ordered_queues
+
     # -- the worker's own heartbeat, state and suspension check ---------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
@@ -317,9 +323,12 @@ class FastWorker(bookkeeping.LaneWorker):
         to stop (or Redis lacks LMOVE)."""
         if not self._take_next() or self._prefetched is not None or self._peeked:
             return False
-        order = tuple(q.key for q in self._ordered_queues)
+        queues = self.queues_to_take()
+        if not queues:
+            return False
+        order = tuple(q.key for q in queues)
         if self._take_call[0] != order:  # RQ may reorder its queues (other dequeue strategies)
-            keys, args = dequeue.take_args(list(self._ordered_queues), self.job_class)
+            keys, args = dequeue.take_args(list(queues), self.job_class)
             self._take_call = (order, [len(keys), *keys, *args])
         pipe.evalsha(dequeue.TAKE_SHA, *self._take_call[1])
         return True
@@ -347,7 +356,7 @@ class FastWorker(bookkeeping.LaneWorker):
         self._give_back_stale()  # if it waited too long (a slow maintenance pass, a stall)
         taken = self._prefetched
         if taken is None:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            return dequeue.wait_and_take(self, timeout, max_idle_time)
         self.heartbeat()  # at most once a second (RQ's loop has just checked its maintenance)
         job, queue = taken
         self.reorder_queues(reference_queue=queue)
