@@ -54,3 +54,7 @@ def rq_job(job_id: str) -> str:
 def webhook_failures(queue: str) -> str:
     """Capped list of webhook deliveries given up after their last try, newest first."""
     return f"phase1:{queue}:webhook-failures"
+
+
+PAUSED_QUEUES = "phase1:paused-queues"
+"""Set of the queue names `phase1 pause` paused: phase1 workers take no job from them."""

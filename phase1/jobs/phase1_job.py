@@ -19,7 +19,7 @@ from rq.timeouts import JobTimeoutException
 from phase1 import context
 from phase1.context import Phase1
 from phase1.domain import audit, phase1_tasks
-from phase1.errors import AttemptSuperseded, PermanentJobError, UnavailableError
+from phase1.errors import AttemptSuperseded, JobCancelled, PermanentJobError, UnavailableError
 from phase1.jobs import deadletter, events
 from phase1.jobs.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
@@ -72,6 +72,8 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     if started is None:
         if row is None:
             raise PermanentJobError(f"job {job.id} has no execution row in PostgreSQL")
+        if row["cancelled_at"] is not None:
+            raise JobCancelled(f"job {job.id} was cancelled; this run created nothing")
         log.info("job %s already completed; a repeated run changes nothing", job.id)
         return dict(row["result"] or {})
 
@@ -90,6 +92,8 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
             idle_timeout_ms=ctx.settings.db_statement_timeout_ms,
         )
     if outcome.superseded:
+        if cancelled(ctx, job.id):
+            raise JobCancelled(f"job {job.id} was cancelled while it ran; it created nothing")
         raise AttemptSuperseded(
             f"attempt {attempt} of job {job.id} was given up for dead and taken over by "
             "another worker; this run created nothing"
@@ -110,6 +114,13 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         ],
     )
     return result
+
+
+def cancelled(ctx: Phase1, job_id: str) -> bool:
+    """Whether an operator cancelled the job (PostgreSQL's row says so)."""
+    with ctx.read() as conn:
+        row = audit.get(conn, job_id)
+    return row is not None and row["cancelled_at"] is not None
 
 
 def _database_timeout(exc: BaseException | None) -> BaseException | None:
@@ -187,6 +198,10 @@ def on_failure(
 
     Permanent errors use up the retry budget at once; the last failure dead-letters the job.
     """
+    if exc_type is not None and issubclass(exc_type, JobCancelled):
+        job.retries_left = 0  # `phase1 cancel` recorded it all: no retry, nothing to add
+        opened_attempts.pop(job.id, None)
+        return
     reason, error_type, message = describe_failure(exc_type, exc_value, job.timeout)
     if reason == "permanent":
         job.retries_left = 0  # RQ reads this right after the callback: no retry

@@ -22,6 +22,7 @@ from phase1 import keys
 from phase1.context import Phase1, redis_errors
 from phase1.db import Conn
 from phase1.jobs import deadletter
+from phase1.jobs.pause import read_paused
 from phase1.redisconn import primary_address
 from phase1.schemas import UtcDatetime
 from phase1.settings import redact_url
@@ -128,6 +129,8 @@ class Snapshot(_Model):
     redisPrimary: str | None = None  # host:port of the server answering (Sentinel: its primary)
     at: UtcDatetime
     queued: int
+    paused: bool = False  # `phase1 pause`: phase1 workers take none of its jobs
+    pausedQueues: list[str] = []
     scheduled: Scheduled
     active: list[ActiveJob]
     dlq: Dlq
@@ -154,6 +157,7 @@ def snapshot(ctx: Phase1) -> Snapshot:
         scheduler = _scheduler(ctx)
         redis_settings = _redis_settings(ctx)
         primary = primary_address(ctx.redis)
+        paused_now = sorted(read_paused(ctx.redis))
     with ctx.transaction() as conn:
         last_hour = _last_hour(conn, settings.queue)
         rows = _rows(conn, [job_id for job_id, _ in started])
@@ -164,6 +168,8 @@ def snapshot(ctx: Phase1) -> Snapshot:
         redisPrimary=primary,
         at=at,
         queued=queued,
+        paused=settings.queue in paused_now,
+        pausedQueues=paused_now,
         scheduled=scheduled,
         active=active,
         dlq=dlq,
@@ -180,6 +186,11 @@ def snapshot(ctx: Phase1) -> Snapshot:
 def warnings(snap: Snapshot) -> list[str]:
     """What an operator should act on, in words."""
     found = []
+    if snap.paused:
+        found.append(
+            f"{snap.queue} is paused: workers take none of its jobs "
+            f"(`phase1 resume {snap.queue}` to go on)"
+        )
     if not snap.workers and (snap.queued or snap.scheduled.count or snap.active):
         found.append(f"no worker is listening on {snap.queue}: start `phase1 worker`")
     if not snap.scheduler.running and snap.scheduled.count:

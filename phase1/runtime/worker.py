@@ -27,12 +27,14 @@ from rq.worker import WorkerStatus
 
 from phase1 import keys
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
+from phase1.domain import audit
 from phase1.engine.leftbehind import PutsBackLeftBehind
 from phase1.engine.worker import FastWorker
-from phase1.errors import UnavailableError
+from phase1.errors import JobCancelled, UnavailableError
 from phase1.jobs import phase1_job
 from phase1.runtime import reconcile, shutdown, sweep
 from phase1.runtime.maintenance import Maintenance
+from phase1.runtime.pausing import PausedQueues
 from phase1.runtime.startup_checks import run_startup_checks
 from phase1.runtime.supervisor import supervise
 from phase1.settings import redact_url
@@ -116,6 +118,7 @@ class _Phase1Base(PutsBackLeftBehind):
         redis_pools.add(self.connection.connection_pool)  # also under `rq worker -w`
         self.shutdown_timeout = shutdown_timeout
         self._job_in_hand: tuple[Job, Queue] | None = None
+        self._cancelling: str | None = None  # the job `phase1 cancel` interrupted
         self._deadline: shutdown.Deadline | None = None
 
     # -- the work loop, restarted after a Redis outage ------------------------------------
@@ -253,6 +256,14 @@ class _Phase1Base(PutsBackLeftBehind):
         (the orphan sweep gave it up for dead): the job is that worker's now, so this one
         records its attempt as superseded and leaves RQ's state alone."""
         if shutdown.is_interrupt(exc_info[0]):
+            if self._cancelling == job.id and not _completed(job.id):
+                self._cancelling = None
+                job.retries_left = 0  # `phase1 cancel` records the rest in PostgreSQL
+                cancelled = JobCancelled(f"job {job.id} was cancelled while it ran")
+                super()._finalize_failure(
+                    job, queue, execution, (JobCancelled, cancelled, exc_info[2])
+                )
+                return
             shutdown.requeue_interrupted(self, job, queue, execution)
             return
         error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
@@ -310,8 +321,24 @@ class Phase1Worker(_Phase1Base, FastWorker):
         DEFAULT_WORKER_TTL,
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paused = PausedQueues(self.connection)
+
+    def queues_to_take(self) -> list[Queue]:
+        """RQ's order of the queues without the paused ones (`phase1 pause`)."""
+        return self._paused.filter(super().queues_to_take())
+
     def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
         return [(after, shutdown.interrupt_main_thread), (HARD_EXIT_GRACE, self._give_up)]
+
+    def kill_horse(self, sig: Any = None) -> None:
+        """RQ's stop-job command (`phase1 cancel` sends it) for the job in hand: interrupt it
+        now, at whatever Python line it runs; its transaction rolls back."""
+        stopped = self._stopped_job_id
+        if stopped and self._job_in_hand is not None and self._job_in_hand[0].id == stopped:
+            self._cancelling = stopped
+            shutdown.interrupt_for_cancel()
 
     def _give_up(self) -> None:
         """The job ignored the interrupt (stuck outside Python): put it back and exit."""
@@ -392,6 +419,19 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
             shutdown.requeue_interrupted(self, job, queue, execution)
             return
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
+
+def _completed(job_id: str) -> bool:
+    """Whether PostgreSQL says the job completed (an interrupt that came as it committed):
+    the row decides, so such a job is not cancelled. Unknown (PostgreSQL down): not."""
+    from phase1.context import for_worker_process
+
+    try:
+        with for_worker_process().read() as conn:
+            row = audit.get(conn, job_id)
+    except UnavailableError:
+        return False
+    return row is not None and row["status"] == "completed"
 
 
 def queue_names(ctx: Phase1) -> list[str]:
