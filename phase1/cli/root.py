@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from phase1 import __version__
-from phase1.cli import control, demo, dlq, embedded, info, jobs, ops, plans
+from phase1.cli import audit, control, demo, dlq, embedded, info, jobs, ops, plans
 from phase1.cli import serve as serving
 from phase1.cli.common import Phase1Group
 from phase1.cli.events import events_command
@@ -55,6 +55,7 @@ app.command("reconcile")(ops.reconcile)
 app.command("cancel")(control.cancel)
 app.command("pause")(control.pause)
 app.command("resume")(control.resume)
+app.command("audit")(audit.audit)
 app.add_typer(plans.app, name="plans")
 app.command("info")(info.info)
 app.add_typer(embedded.app, name="embedded")
