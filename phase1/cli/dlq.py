@@ -111,7 +111,8 @@ def inspect(
         "--json",
         help="Print the whole entry: jobId, planId, queue, reason, errorType, message, "
         "traceback, payload, attempts [{attempt, status, worker, startedAt, endedAt, "
-        "errorType, error}], failedAt.",
+        "errorType, error, blockedBy: [{pid, applicationName, state, transactionAgeSeconds, "
+        "query}]|null}], failedAt.",
     ),
 ) -> None:
     """Show one dead-lettered job: why it failed, its payload, and every attempt.
@@ -149,6 +150,15 @@ def inspect(
     ]
     print_table(("#", "status", "worker", "started", "ended", "error"), rows, title="attempts")
     out = stdout()
+    for a in entry.get("attempts") or []:
+        for b in a.get("blockedBy") or []:
+            out.print(
+                f"attempt {a['attempt']} was blocked by pid {b.get('pid')} "
+                f"({b.get('applicationName') or '?'}), {b.get('state')}, in a transaction for "
+                f"{b.get('transactionAgeSeconds')} s: {one_line(b.get('query'), 300)}",
+                markup=False,
+                highlight=False,
+            )
     if entry.get("traceback"):
         out.print("[bold]traceback[/] (last attempt)")
         out.print(entry["traceback"].rstrip(), markup=False, highlight=False, style="dim")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from phase1 import __version__
+from phase1 import __version__, appname
 from phase1.cli import audit, control, demo, dlq, embedded, info, jobs, ops, plans
 from phase1.cli import serve as serving
 from phase1.cli.common import Phase1Group
@@ -40,6 +40,8 @@ def root(
 ) -> None:
     """Settings are read and validated here, once, before any command runs."""
     setup_logging(debug, ctx.invoked_subcommand)
+    sub = ctx.invoked_subcommand or ""
+    appname.set_role({"worker": "worker", "serve": "http", "up": "up"}.get(sub, f"cli {sub}"))
     st = State(debug=debug)
     ctx.obj = st
     _ = st.settings  # a bad setting stops every command with one line

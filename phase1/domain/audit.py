@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
@@ -305,3 +305,16 @@ def mark_cancelled(conn: Conn, job_id: str, reason: str | None) -> Row | None:
     """Mark the (already failed) job as cancelled by an operator: a worker that takes it
     later opens no attempt for it (phase1_tasks.open_attempt), and the DLQ requeue clears it."""
     return conn.execute(SQL_CANCELLED, {"job_id": job_id, "reason": reason}).fetchone()
+
+
+SQL_BLOCKED_BY = """
+UPDATE marketplace_job_attempts SET blocked_by = %(blocked)s
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s
+"""
+
+
+def set_blocked_by(conn: Conn, job_id: str, attempt: int, blockers: list[dict[str, Any]]) -> None:
+    """Keep on the attempt what was blocking it in PostgreSQL when it timed out."""
+    from psycopg.types.json import Jsonb
+
+    conn.execute(SQL_BLOCKED_BY, {"job_id": job_id, "attempt": attempt, "blocked": Jsonb(blockers)})

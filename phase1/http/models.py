@@ -68,4 +68,6 @@ class NotReady(_Body):
 class CancelRequest(_Body):
     """The optional body of a cancel: why (kept with the job and in its DLQ entry)."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     reason: str | None = None

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from phase1.http.app import Phase1App
 
 PLAN_ROUTE = "/api/marketplace/analysis/<plan_id:path>"
-JOB_ROUTE = "/api/marketplace/jobs/<job_id:path>"
+# No slash in a job id (RQ refuses them): /jobs/<id>/cancel is the cancel route's alone.
+JOB_ROUTE = "/api/marketplace/jobs/<job_id:re:[^/]+>"
 JOBS_PREFIX = "/api/marketplace/jobs/"
 CANCEL_ROUTE = "/api/marketplace/jobs/<job_id:path>/cancel"
 # API answers describe live state: no cache may keep them.

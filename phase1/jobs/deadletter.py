@@ -59,6 +59,7 @@ def attempts_view(history: Iterable[Row]) -> list[dict[str, Any]]:
             "endedAt": _iso(a["ended_at"]),
             "errorType": a["error_type"],
             "error": a["error_message"],
+            "blockedBy": a.get("blocked_by"),
         }
         for a in history
     ]

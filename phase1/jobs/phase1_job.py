@@ -20,7 +20,7 @@ from phase1 import context
 from phase1.context import Phase1
 from phase1.domain import audit, phase1_tasks
 from phase1.errors import AttemptSuperseded, JobCancelled, PermanentJobError, UnavailableError
-from phase1.jobs import deadletter, events
+from phase1.jobs import deadletter, events, lockwatch
 from phase1.jobs.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
 
@@ -56,10 +56,16 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     if job is None:
         raise PermanentJobError("run_phase1_job must run inside an RQ job")
     ctx = context.for_worker_process()
+    with lockwatch.watching(ctx, job.id):
+        return _run(ctx, job, payload)
+
+
+def _run(ctx: Phase1, job: Job, payload: JobPayload) -> dict[str, Any]:
     plan_id = str(payload.planId)
     opened_attempts.pop(job.id, None)  # one this process opened in an earlier run is over
 
     with ctx.transaction() as conn:
+        lockwatch.note_backend(job.id, conn)
         started = phase1_tasks.open_attempt(
             conn,
             job.id,
@@ -84,6 +90,7 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
     with ctx.transaction() as conn:
+        lockwatch.note_backend(job.id, conn)
         outcome = phase1_tasks.create_tasks(
             conn,
             job.id,
@@ -203,6 +210,11 @@ def on_failure(
         opened_attempts.pop(job.id, None)
         return
     reason, error_type, message = describe_failure(exc_type, exc_value, job.timeout)
+    blocked = lockwatch.blocked_by(job.id)
+    if reason == "timeout" and blocked:
+        message = f"{message}; {blocked_line(blocked[0])}"
+    else:
+        blocked = None
     if reason == "permanent":
         job.retries_left = 0  # RQ reads this right after the callback: no retry
     final = not job.should_retry
@@ -223,6 +235,16 @@ def on_failure(
         # The orphan sweep may have recorded this dead attempt first.
         only_if_active=reason == "abandoned",
         attempt=opened_attempts.pop(job.id, None),
+        blocked_by=blocked,
+    )
+
+
+def blocked_line(blocker: dict[str, Any]) -> str:
+    """One blocking backend in words, for the attempt's error and the DLQ entry."""
+    return (
+        f"blocked by pid {blocker.get('pid')} ({blocker.get('applicationName') or '?'}, "
+        f"{blocker.get('state')}, in a transaction for {blocker.get('transactionAgeSeconds')} "
+        f"s): {blocker.get('query')}"
     )
 
 
@@ -239,6 +261,7 @@ def record_failure(
     only_if_active: bool = False,
     ctx: Phase1 | None = None,
     attempt: int | None = None,
+    blocked_by: list[dict[str, Any]] | None = None,
 ) -> Recorded:
     """Write a failed attempt to the audit trail, the DLQ when final, and the event stream.
 
@@ -257,6 +280,8 @@ def record_failure(
     audit_error: UnavailableError | None = None
     try:
         with ctx.transaction() as conn:
+            if blocked_by and attempt is not None:
+                audit.set_blocked_by(conn, job.id, attempt, blocked_by)
             failed = audit.record_failed_attempt(
                 conn,
                 job.id,
@@ -313,6 +338,8 @@ def record_failure(
             "reason": reason,
             "error": {"type": error_type, "message": message},
         }
+        if blocked_by:
+            data["blockedBy"] = blocked_by
         if next_retry_at is not None:
             data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
         event = events.make(events.FAILED, job.id, plan_id, attempt, data)

@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from phase1 import keys
+from phase1 import appname, keys
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
 from phase1.domain import audit
 from phase1.engine.leftbehind import PutsBackLeftBehind
@@ -472,6 +472,7 @@ def run(
 ) -> bool:
     """Run one worker in this process until stopped (or, with `burst`, until queues drain)."""
     install_worker_context(ctx)
+    appname.set_role("worker")
     try:
         if checks:
             run_startup_checks(ctx, expect_scheduler=False)

@@ -274,7 +274,11 @@ def test_operational_routes(api: Api, ctx: Phase1, settings: Settings) -> None:
     assert health.status == 200 and health.json == {"status": "ok"}
     ready = api.request("GET", "/readyz")
     assert ready.status == 200
-    assert ready.json == {"status": "ready", "checks": {"redis": "ok", "postgres": "ok"}}
+    assert ready.json == {
+        "status": "ready",
+        "checks": {"redis": "ok", "postgres": "ok"},
+        "paused": [],
+    }
 
     job_id = api.approve(make_plan(ctx)).json["jobId"]
     poll_until_final(api, job_id)
