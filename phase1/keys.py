@@ -58,3 +58,9 @@ def webhook_failures(queue: str) -> str:
 
 PAUSED_QUEUES = "phase1:paused-queues"
 """Set of the queue names `phase1 pause` paused: phase1 workers take no job from them."""
+
+
+def dlq_requeue_run(queue: str) -> str:
+    """String (JSON) marking a `dlq requeue --all` under way: its cutoff time and filter, so
+    a run interrupted and started again resumes it and never requeues a job twice."""
+    return f"phase1:{queue}:dlq:requeue-run"
