@@ -182,7 +182,9 @@ class _Phase1Base(PutsBackLeftBehind):
         if self.pubsub_thread:
             with contextlib.suppress(RedisError):
                 self.pubsub.unsubscribe()
-            self.pubsub_thread.stop()
+            # Only the flag: redis-py's stop() now joins without a deadline, and a pubsub thread
+            # that saw the unsubscribe waits up to RQ's 60 s sleep_time for a subscription.
+            self.pubsub_thread._running.clear()
             self.pubsub_thread.join(timeout=1)
             with contextlib.suppress(RedisError):
                 self.pubsub.close()
