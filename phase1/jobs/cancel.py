@@ -177,3 +177,17 @@ def withdraw(ctx: Phase1, job_id: str) -> None:
         with contextlib.suppress(Exception):
             log.warning("job %s cancelled, but Redis still holds it: %s", job_id, exc)
         raise redis_unavailable(ctx.redis_url, exc) from exc
+
+
+def completed(job_id: str) -> bool:
+    """In a worker: whether PostgreSQL says the job completed (a cancel's interrupt that came
+    as its tasks committed). The row decides, so such a job is not cancelled. Unknown
+    (PostgreSQL down): not."""
+    from phase1.context import for_worker_process
+
+    try:
+        with for_worker_process().read() as conn:
+            row = audit.get(conn, job_id)
+    except UnavailableError:
+        return False
+    return row is not None and row["status"] == "completed"

@@ -27,11 +27,10 @@ from rq.worker import WorkerStatus
 
 from phase1 import appname, keys
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
-from phase1.domain import audit
 from phase1.engine.leftbehind import PutsBackLeftBehind
 from phase1.engine.worker import FastWorker
 from phase1.errors import JobCancelled, UnavailableError
-from phase1.jobs import phase1_job
+from phase1.jobs import cancel, phase1_job
 from phase1.runtime import reconcile, shutdown, sweep
 from phase1.runtime.maintenance import Maintenance
 from phase1.runtime.pausing import PausedQueues
@@ -258,7 +257,7 @@ class _Phase1Base(PutsBackLeftBehind):
         (the orphan sweep gave it up for dead): the job is that worker's now, so this one
         records its attempt as superseded and leaves RQ's state alone."""
         if shutdown.is_interrupt(exc_info[0]):
-            if self._cancelling == job.id and not _completed(job.id):
+            if self._cancelling == job.id and not cancel.completed(job.id):
                 self._cancelling = None
                 job.retries_left = 0  # `phase1 cancel` records the rest in PostgreSQL
                 cancelled = JobCancelled(f"job {job.id} was cancelled while it ran")
@@ -421,19 +420,6 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
             shutdown.requeue_interrupted(self, job, queue, execution)
             return
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-
-
-def _completed(job_id: str) -> bool:
-    """Whether PostgreSQL says the job completed (an interrupt that came as it committed):
-    the row decides, so such a job is not cancelled. Unknown (PostgreSQL down): not."""
-    from phase1.context import for_worker_process
-
-    try:
-        with for_worker_process().read() as conn:
-            row = audit.get(conn, job_id)
-    except UnavailableError:
-        return False
-    return row is not None and row["status"] == "completed"
 
 
 def queue_names(ctx: Phase1) -> list[str]:

@@ -125,7 +125,8 @@ def test_audit_finds_each_kind_of_break_and_fix_mends_what_it_can(
     sql_run(
         actx,
         "UPDATE marketplace_job_executions SET status = 'active', "
-        "started_at = NOW() - INTERVAL '10 minutes' WHERE job_id = %(job)s",
+        "started_at = NOW() - INTERVAL '10 minutes', updated_at = NOW() - INTERVAL '10 minutes' "
+        "WHERE job_id = %(job)s",
         {"job": stuck.job_id},
     )
     # 4. an RQ job and a DLQ entry with no execution row
