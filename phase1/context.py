@@ -210,9 +210,12 @@ def for_worker_process() -> Phase1:
     pid = os.getpid()
     if _process_context is not None and _process_context[0] == pid:
         return _process_context[1]
+    from phase1 import appname
     from phase1.embedded import resolve
     from phase1.settings import load_settings
 
+    if not appname.has_role():
+        appname.set_role("worker")  # under plain `rq worker`: no entry point of phase1's
     ctx = build(resolve(load_settings()))
     _process_context = (pid, ctx)
     return ctx

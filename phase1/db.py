@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from phase1.appname import application_name
 from phase1.errors import UnavailableError
 from phase1.settings import redact_url
 
@@ -70,7 +71,7 @@ def open_pool(
             "options": options,
             "connect_timeout": 2,
             "row_factory": dict_row,
-            "application_name": "phase1",
+            "application_name": application_name(),
         },
         open=False,
         name="phase1",
@@ -139,7 +140,7 @@ def connect(url: str, **kwargs: Any) -> Conn:
             row_factory=dict_row,
             connect_timeout=3,
             options="-c TimeZone=UTC",
-            **kwargs,
+            **{"application_name": application_name(), **kwargs},
         )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -155,7 +156,7 @@ def ensure_database(url: str) -> None:
     if not name:
         return
     try:
-        psycopg.connect(url, connect_timeout=3).close()
+        psycopg.connect(url, connect_timeout=3, application_name=application_name()).close()
         return
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
@@ -165,7 +166,9 @@ def ensure_database(url: str) -> None:
     admin = make_conninfo(url, dbname="postgres")
     # Another process may create it first.
     with (
-        psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn,
+        psycopg.connect(
+            admin, autocommit=True, connect_timeout=3, application_name=application_name()
+        ) as conn,
         contextlib.suppress(psycopg.errors.DuplicateDatabase),
     ):
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))

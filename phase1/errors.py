@@ -33,3 +33,7 @@ class PermanentJobError(Phase1Error):
 
 class AttemptSuperseded(Phase1Error):
     """Raised inside a job whose attempt another worker took over (it was given up for dead)."""
+
+
+class JobCancelled(Phase1Error):
+    """Raised inside a job an operator cancelled (`phase1 cancel`): it ends without a retry."""

@@ -54,3 +54,13 @@ def rq_job(job_id: str) -> str:
 def webhook_failures(queue: str) -> str:
     """Capped list of webhook deliveries given up after their last try, newest first."""
     return f"phase1:{queue}:webhook-failures"
+
+
+PAUSED_QUEUES = "phase1:paused-queues"
+"""Set of the queue names `phase1 pause` paused: phase1 workers take no job from them."""
+
+
+def dlq_requeue_run(queue: str) -> str:
+    """String (JSON) marking a `dlq requeue --all` under way: its cutoff time and filter, so
+    a run interrupted and started again resumes it and never requeues a job twice."""
+    return f"phase1:{queue}:dlq:requeue-run"

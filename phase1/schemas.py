@@ -22,7 +22,9 @@ JobStatus = Literal["pending", "active", "retrying", "completed", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
 LIVE_STATUSES: frozenset[str] = frozenset({"pending", "active", "retrying"})
 PlanStatus = Literal["analyzed", "approved", "rejected"]
-FailureReason = Literal["exception", "timeout", "abandoned", "permanent", "interrupted"]
+FailureReason = Literal[
+    "exception", "timeout", "abandoned", "permanent", "interrupted", "cancelled"
+]
 
 
 class _Frozen(BaseModel):
@@ -126,6 +128,7 @@ class JobResult(_Frozen):
 class JobError(_Frozen):
     type: str | None
     message: str
+    reason: str | None = None  # "cancelled" for a job an operator cancelled
 
 
 class JobView(_Frozen):
@@ -148,7 +151,10 @@ class JobView(_Frozen):
     def from_row(cls, row: dict[str, Any]) -> JobView:
         error = None
         if row["error_message"] is not None:
-            error = JobError(type=row.get("error_type"), message=row["error_message"])
+            reason = "cancelled" if row.get("cancelled_at") is not None else None
+            error = JobError(
+                type=row.get("error_type"), message=row["error_message"], reason=reason
+            )
         return cls(
             jobId=row["job_id"],
             planId=row["plan_id"],

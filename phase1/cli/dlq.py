@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Any
 
 import typer
@@ -13,6 +14,7 @@ from phase1.cli.common import (
     Phase1Group,
     Steps,
     fail,
+    note,
     one_line,
     print_details,
     print_json,
@@ -22,8 +24,9 @@ from phase1.cli.common import (
     stderr,
     stdout,
 )
+from phase1.context import Phase1
 from phase1.errors import InvalidInputError, NotFoundError
-from phase1.jobs import deadletter
+from phase1.jobs import bulkrequeue, deadletter
 
 app = typer.Typer(
     cls=Phase1Group,
@@ -111,7 +114,8 @@ def inspect(
         "--json",
         help="Print the whole entry: jobId, planId, queue, reason, errorType, message, "
         "traceback, payload, attempts [{attempt, status, worker, startedAt, endedAt, "
-        "errorType, error}], failedAt.",
+        "errorType, error, blockedBy: [{pid, applicationName, state, transactionAgeSeconds, "
+        "query}]|null}], failedAt.",
     ),
 ) -> None:
     """Show one dead-lettered job: why it failed, its payload, and every attempt.
@@ -149,6 +153,15 @@ def inspect(
     ]
     print_table(("#", "status", "worker", "started", "ended", "error"), rows, title="attempts")
     out = stdout()
+    for a in entry.get("attempts") or []:
+        for b in a.get("blockedBy") or []:
+            out.print(
+                f"attempt {a['attempt']} was blocked by pid {b.get('pid')} "
+                f"({b.get('applicationName') or '?'}), {b.get('state')}, in a transaction for "
+                f"{b.get('transactionAgeSeconds')} s: {one_line(b.get('query'), 300)}",
+                markup=False,
+                highlight=False,
+            )
     if entry.get("traceback"):
         out.print("[bold]traceback[/] (last attempt)")
         out.print(entry["traceback"].rstrip(), markup=False, highlight=False, style="dim")
@@ -169,6 +182,15 @@ def requeue(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show what would be sent back; move nothing."
     ),
+    reason: str | None = typer.Option(
+        None,
+        "--reason",
+        help="With --all, only entries of this reason (exception, timeout, abandoned, "
+        "permanent, cancelled).",
+    ),
+    rate: str | None = typer.Option(
+        None, "--rate", help="With --all, at most this many a second: 10/s (or 10)."
+    ),
     as_json: bool = typer.Option(
         False,
         "--json",
@@ -183,13 +205,23 @@ def requeue(
     stdout and a summary on stderr. An id not in the DLQ is an error (exit 1); the others
     still move.
 
+    --all takes the entries that failed before it started, oldest first, at up to --rate a
+    second, with progress on stderr. Ctrl-C stops it between two jobs; the same command
+    again resumes where it stopped, and a job that failed again meanwhile is not sent back
+    twice.
+
     Example: phase1 dlq requeue --all --dry-run
     """
     if all_ and job_ids:
         raise InvalidInputError("give job ids or --all, not both")
     if not all_ and not job_ids:
         raise InvalidInputError("give one or more job ids, or --all")
+    if not all_ and (reason or rate):
+        raise InvalidInputError("--reason and --rate go with --all")
     conn = state(ctx).connect()
+    if all_:
+        _requeue_all(conn, reason=reason, rate=_rate(rate), dry_run=dry_run, as_json=as_json)
+        return
     queue = conn.settings.queue
     ids = deadletter.job_ids(conn.redis, queue) if all_ else list(dict.fromkeys(job_ids))
     moved: list[deadletter.Requeued] = []
@@ -237,3 +269,75 @@ def requeue(
             err.print(summary, highlight=False)
     if missing:
         raise typer.Exit(EXIT_FAILURE)
+
+
+REASONS = ("exception", "timeout", "abandoned", "permanent", "interrupted", "cancelled")
+
+
+def _rate(text: str | None) -> float | None:
+    if text is None:
+        return None
+    number = text.strip().removesuffix("/s")
+    try:
+        value = float(number)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 100_000:
+        raise InvalidInputError(f"--rate {text!r} is not a rate such as 10/s")
+    return value
+
+
+def _requeue_all(
+    conn: Phase1, *, reason: str | None, rate: float | None, dry_run: bool, as_json: bool
+) -> None:
+    """--all: paced, with progress on stderr, resumable after Ctrl-C."""
+    if reason is not None and reason not in REASONS:
+        raise InvalidInputError(f"--reason {reason!r} is not one of {', '.join(REASONS)}")
+    queue = conn.settings.queue
+    run = bulkrequeue.begin(conn, reason, dry_run=dry_run)
+    ids = bulkrequeue.pending(conn, run)
+    err = stderr()
+    if run.resumed:
+        note(f"resuming the requeue begun before; {len(ids)} job(s) left")
+    started = time.monotonic()
+    last_line = [0.0]
+
+    def progress(done: int, outcome: deadletter.Requeued | None) -> None:
+        if outcome is not None and not as_json:
+            typer.echo(outcome.job_id)
+        moment = time.monotonic()
+        if done == len(ids) or moment - last_line[0] >= 1.0:
+            last_line[0] = moment
+            speed = done / max(moment - started, 1e-9)
+            note(f"requeue: {done}/{len(ids)} ({speed:.1f}/s)")
+
+    try:
+        moved = bulkrequeue.requeue_paced(conn, ids, rate=rate, dry_run=dry_run, progress=progress)
+    except KeyboardInterrupt:
+        note("interrupted: run the same command again to resume where it stopped")
+        raise typer.Exit(130) from None
+    if not dry_run:
+        bulkrequeue.end(conn)
+    if as_json:
+        print_json(
+            {
+                "queue": queue,
+                "dryRun": dry_run,
+                "requeued": [
+                    {
+                        "jobId": r.job_id,
+                        "planId": r.plan_id,
+                        "attemptsSoFar": r.attempts_so_far,
+                        "freshAttempts": r.fresh_attempts,
+                    }
+                    for r in moved
+                ],
+                "missing": [],
+            }
+        )
+        return
+    verb = "would send back" if dry_run else "sent back"
+    if not ids:
+        err.print(f"the dead-letter queue of {queue} has nothing to send back", highlight=False)
+    else:
+        err.print(f"{verb} {len(moved)} job(s) to {queue}", highlight=False)

@@ -31,7 +31,8 @@ from phase1.runtime import monitor
 from phase1.runtime.monitor import Snapshot
 
 INFO_SHAPE = (
-    '{"queue", "redis", "redisPrimary", "at", "queued", "scheduled": {"count", "nextAt"}, '
+    '{"queue", "redis", "redisPrimary", "at", "queued", "paused", "pausedQueues", '
+    '"scheduled": {"count", "nextAt"}, '
     '"active": [{"jobId", "planId", "attempt", "maxAttempts", "progress", "worker", '
     '"startedAt", "ageSeconds"}], "dlq": {"size", "oldest": {"jobId", "planId", "reason", '
     '"failedAt", "error"}|null}, "workers": [{"name", "hostname", "pid", "state", "queues", '
@@ -137,7 +138,7 @@ def _summary(snap: Snapshot) -> list[tuple[str, str]]:
         scheduler = f"running ({snap.scheduler.hostname or '?'} pid {snap.scheduler.pid or '?'})"
     h = snap.lastHour
     return [
-        ("queued", f"{snap.queued}"),
+        ("queued", f"{snap.queued}" + ("  (PAUSED: workers take none)" if snap.paused else "")),
         ("scheduled retries", f"{snap.scheduled.count}{next_in}"),
         ("active", f"{len(snap.active)}"),
         ("dead-letter queue", f"{snap.dlq.size}{oldest}"),

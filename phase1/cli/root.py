@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from phase1 import __version__
-from phase1.cli import demo, dlq, embedded, info, jobs, ops, plans
+from phase1 import __version__, appname
+from phase1.cli import audit, control, demo, dlq, embedded, info, jobs, ops, plans
 from phase1.cli import serve as serving
 from phase1.cli.common import Phase1Group
 from phase1.cli.events import events_command
@@ -40,6 +40,8 @@ def root(
 ) -> None:
     """Settings are read and validated here, once, before any command runs."""
     setup_logging(debug, ctx.invoked_subcommand)
+    sub = ctx.invoked_subcommand or ""
+    appname.set_role({"worker": "worker", "serve": "http", "up": "up"}.get(sub, f"cli {sub}"))
     st = State(debug=debug)
     ctx.obj = st
     _ = st.settings  # a bad setting stops every command with one line
@@ -52,6 +54,10 @@ app.command("worker")(jobs.worker)
 app.command("demo")(demo.demo)
 app.command("events")(events_command)
 app.command("reconcile")(ops.reconcile)
+app.command("cancel")(control.cancel)
+app.command("pause")(control.pause)
+app.command("resume")(control.resume)
+app.command("audit")(audit.audit)
 app.add_typer(plans.app, name="plans")
 app.command("info")(info.info)
 app.add_typer(embedded.app, name="embedded")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
@@ -93,7 +93,7 @@ SQL_REQUEUED = """
 UPDATE marketplace_job_executions e
 SET status = 'pending', progress = 0, max_attempts = %(attempts)s + %(fresh_attempts)s,
     error_message = NULL, error_type = NULL, completed_at = NULL, next_retry_at = NULL,
-    updated_at = NOW()
+    cancelled_at = NULL, cancel_reason = NULL, updated_at = NOW()
 WHERE e.job_id = %(job_id)s AND e.status = 'failed'
   AND (SELECT COALESCE(MAX(a.attempt), 0) FROM marketplace_job_attempts a
        WHERE a.job_id = e.job_id) = %(attempts)s
@@ -291,3 +291,30 @@ def interrupt_attempt(conn: Conn, job_id: str, message: str) -> int | None:
     attempt number, or None when the job was not active (completed meanwhile, say)."""
     row = conn.execute(SQL_INTERRUPT, {"job_id": job_id, "message": message}).fetchone()
     return None if row is None else int(row["attempt"])
+
+
+SQL_CANCELLED = """
+UPDATE marketplace_job_executions
+SET cancelled_at = NOW(), cancel_reason = %(reason)s, progress = 0, updated_at = NOW()
+WHERE job_id = %(job_id)s
+RETURNING *
+"""
+
+
+def mark_cancelled(conn: Conn, job_id: str, reason: str | None) -> Row | None:
+    """Mark the (already failed) job as cancelled by an operator: a worker that takes it
+    later opens no attempt for it (phase1_tasks.open_attempt), and the DLQ requeue clears it."""
+    return conn.execute(SQL_CANCELLED, {"job_id": job_id, "reason": reason}).fetchone()
+
+
+SQL_BLOCKED_BY = """
+UPDATE marketplace_job_attempts SET blocked_by = %(blocked)s
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s
+"""
+
+
+def set_blocked_by(conn: Conn, job_id: str, attempt: int, blockers: list[dict[str, Any]]) -> None:
+    """Keep on the attempt what was blocking it in PostgreSQL when it timed out."""
+    from psycopg.types.json import Jsonb
+
+    conn.execute(SQL_BLOCKED_BY, {"job_id": job_id, "attempt": attempt, "blocked": Jsonb(blockers)})

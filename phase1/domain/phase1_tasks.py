@@ -65,7 +65,7 @@ WITH nxt AS (
       -- attempts used + retries RQ still holds: also right after a requeue's fresh budget
       max_attempts = COALESCE(nxt.n + %(retries_left)s::int, e.max_attempts)
   FROM nxt
-  WHERE e.job_id = %(job_id)s AND e.status <> 'completed'
+  WHERE e.job_id = %(job_id)s AND e.status <> 'completed' AND e.cancelled_at IS NULL
   RETURNING e.job_id, e.plan_id, nxt.n AS attempt
 ), lost AS (
   -- An attempt still open when the next one starts was never recorded as ended (its worker

@@ -53,6 +53,9 @@ PRIVATE_NAMES: dict[str, str] = {
     "UnixSignalDeathPenalty._timeout": "the seconds the SIGALRM timeout arms the alarm for",
     "rq.serializers.resolve_serializer": "replaced in RQ's modules by a memoised one",
     "rq.utils.str_to_date": "replaced in rq.job by one that parses RQ's format in C",
+    # redis-py's, under RQ's command listener:
+    "PubSubWorkerThread._running": "the listener's run flag: cleared to stop it without "
+    "stop(), which waits out the listener's poll",
 }
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -138,6 +141,13 @@ def subscribe(worker: BaseWorker, poll_s: float) -> None:
     )
 
 
+def stop_listener(thread: Any) -> None:
+    """Stop RQ's command listener thread within a second: redis-py 8's PubSubWorkerThread.stop()
+    joins it without a deadline, and the thread may be waiting out its poll (RQ's is 60 s)."""
+    thread._running.clear()
+    thread.join(timeout=1)
+
+
 def exc_handlers(worker: BaseWorker) -> list[Any]:
     return list(worker._exc_handlers)
 
@@ -157,15 +167,17 @@ def finalize_failure(
 
 def intercepts_failure(cls: W) -> W:
     """Class decorator: RQ's end of a failed attempt first asks the class's
-    `intercept_failure(job, queue, execution, exc_info) -> bool`; RQ's own runs unless it
-    answers True (it handled the attempt)."""
+    `intercept_failure(job, queue, execution, exc_info) -> ExcInfo | None`: the failure RQ's
+    own end should record (usually `exc_info` itself), or None when the class handled the
+    attempt."""
 
     def _finalize_failure(
         self: Any, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo
     ) -> None:
-        if not self.intercept_failure(job, queue, execution, exc_info):
+        failure = self.intercept_failure(job, queue, execution, exc_info)
+        if failure is not None:
             owner: type[Any] = cls
-            super(owner, self)._finalize_failure(job, queue, execution, exc_info)
+            super(owner, self)._finalize_failure(job, queue, execution, failure)
 
     setattr(cls, "_finalize_failure", _finalize_failure)  # noqa: B010 -- named here only
     return cls

@@ -121,3 +121,18 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def read_cancel_reason(environ: dict[str, Any]) -> str | None:
+    """The optional `reason` of a cancel: no body, or `{"reason": "..."}` (or null)."""
+    raw_length = environ.get("CONTENT_LENGTH") or "0"
+    if raw_length.strip() in ("", "0"):
+        return None
+    document = read_json_object(environ)
+    unknown = sorted(set(document) - {"reason"})
+    if unknown:
+        raise InvalidInputError(f'unknown field {unknown[0][:40]!r}; send {{"reason": "..."}}')
+    reason = document.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidInputError(f'"reason" must be a string, got {_json_type(reason)}')
+    return reason

@@ -13,6 +13,7 @@ from phase1.errors import (
     ConfigError,
     ConflictError,
     InvalidInputError,
+    JobCancelled,
     NotFoundError,
     PermanentJobError,
     Phase1Error,
@@ -33,6 +34,7 @@ ERROR_STATUS: dict[type[Phase1Error], tuple[int, str]] = {
     UnavailableError: (503, "unavailable"),
     PermanentJobError: (409, "conflict"),
     AttemptSuperseded: (409, "conflict"),
+    JobCancelled: (409, "conflict"),
     ConfigError: (500, "internal_error"),
     Phase1Error: (500, "internal_error"),
 }

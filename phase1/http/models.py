@@ -55,6 +55,7 @@ class Ready(_Body):
 
     status: Literal["ready"]
     checks: dict[str, str]
+    paused: list[str] = []  # queues paused by `phase1 pause`: their jobs wait
 
 
 class NotReady(_Body):
@@ -62,3 +63,11 @@ class NotReady(_Body):
 
     error: ErrorDetail
     checks: dict[str, str]
+
+
+class CancelRequest(_Body):
+    """The optional body of a cancel: why (kept with the job and in its DLQ entry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: str | None = None

@@ -13,6 +13,7 @@ from phase1.http.body import MAX_BODY
 from phase1.http.errors import RETRY_AFTER
 from phase1.http.models import (
     ApprovalRequest,
+    CancelRequest,
     ErrorBody,
     Health,
     NotReady,
@@ -43,7 +44,8 @@ ERRORS: dict[str, tuple[str, str]] = {
             "`Authorization: Bearer <token>`."),
     "404": ("NotFound", "No such plan or job."),
     "409": ("Conflict", "The plan cannot go this way: approving a rejected plan, rejecting an "
-            "approved one, or approving a plan whose job failed (it is in the DLQ)."),
+            "approved one, approving a plan whose job failed (it is in the DLQ), or cancelling "
+            "a job that completed."),
     "413": ("PayloadTooLarge", f"The body is over {MAX_BODY // 1024} KiB."),
     "415": ("UnsupportedMediaType", "The Content-Type is neither JSON nor text/plain."),
     "503": ("Unavailable", "Redis or PostgreSQL is unreachable or did not answer in time; "
@@ -72,7 +74,11 @@ def _responses(errors: list[str], auth: bool) -> dict[str, Any]:
 def document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI document for an app with these settings (auth appears when a token is set)."""
     auth = settings.api_token is not None
-    models = [(ApprovalRequest, "validation")] + [(m, "serialization") for m in RESPONSE_MODELS]
+    models: list[tuple[type[BaseModel], str]] = [
+        (ApprovalRequest, "validation"),
+        (CancelRequest, "validation"),
+    ]
+    models += [(m, "serialization") for m in RESPONSE_MODELS]
     _, defs = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
     security: list[dict[str, list[str]]] = [{"bearer": []}]
     plan_id = {
@@ -126,8 +132,24 @@ def document(settings: Settings) -> dict[str, Any]:
             **_responses(["404", "503"], auth),
         },
     }
+    cancel_job = {
+        "operationId": "cancelJob",
+        "summary": "Cancel a pending, retrying or running job.",
+        "description": (
+            "The job ends `failed` with `error.reason` `cancelled` and goes to the dead-letter "
+            "queue (`phase1 dlq requeue` brings it back); a running one is interrupted before "
+            "its tasks commit. Cancelling again answers the same; a completed job answers 409. "
+            "The body is optional."
+        ),
+        "parameters": [job_id],
+        "requestBody": {"required": False, "content": _json(_ref(CancelRequest))},
+        "responses": {
+            "200": {"description": "The cancelled job.", "content": _json(_ref(JobView))},
+            **_responses(["400", "404", "409", "413", "415", "503"], auth),
+        },
+    }
     if auth:
-        approve["security"] = get_job["security"] = security
+        approve["security"] = get_job["security"] = cancel_job["security"] = security
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -138,6 +160,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "paths": {
             "/api/marketplace/analysis/{planId}": {"patch": approve},
             "/api/marketplace/jobs/{jobId}": {"get": get_job},
+            "/api/marketplace/jobs/{jobId}/cancel": {"post": cancel_job},
             "/healthz": {"get": _simple("healthz", "Liveness: the process answers.", Health)},
             "/readyz": {
                 "get": {

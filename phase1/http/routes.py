@@ -10,10 +10,10 @@ from redis.exceptions import RedisError
 from phase1.context import Phase1
 from phase1.domain import plans
 from phase1.errors import NotFoundError, Phase1Error
-from phase1.http.body import read_action
+from phase1.http.body import read_action, read_cancel_reason
 from phase1.http.errors import error_body, json_response
 from phase1.http.models import Ready, RejectResult, SyncApprovalResult
-from phase1.jobs import approval
+from phase1.jobs import approval, cancel, pause
 from phase1.jobs import queue as jobs
 from phase1.schemas import ApprovalAccepted, JobStatus
 
@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from phase1.http.app import Phase1App
 
 PLAN_ROUTE = "/api/marketplace/analysis/<plan_id:path>"
-JOB_ROUTE = "/api/marketplace/jobs/<job_id:path>"
+# No slash in a job id (RQ refuses them): /jobs/<id>/cancel is the cancel route's alone.
+JOB_ROUTE = "/api/marketplace/jobs/<job_id:re:[^/]+>"
 JOBS_PREFIX = "/api/marketplace/jobs/"
+CANCEL_ROUTE = "/api/marketplace/jobs/<job_id:path>/cancel"
 # API answers describe live state: no cache may keep them.
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -63,13 +65,21 @@ def install(app: Phase1App) -> None:
         view = jobs.view(ctx, job_id)
         return json_response(200, view.model_dump_json(), NO_STORE)
 
+    def cancel_job(job_id: str) -> bottle.HTTPResponse:
+        if "\x00" in job_id:
+            raise NotFoundError("job not found (the id holds a NUL character)")
+        reason = read_cancel_reason(bottle.request.environ)
+        view = cancel.cancel(ctx, job_id, reason)
+        return json_response(200, view.model_dump_json(), NO_STORE)
+
     def healthz() -> bottle.HTTPResponse:
         return json_response(200, b'{"status":"ok"}')
 
     def readyz() -> bottle.HTTPResponse:
         checks = readiness(ctx)
         if all(v == "ok" for v in checks.values()):
-            return json_response(200, Ready(status="ready", checks=checks).model_dump_json())
+            ready = Ready(status="ready", checks=checks, paused=paused_queues(ctx))
+            return json_response(200, ready.model_dump_json())
         failing = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
         body = error_body("unavailable", f"not ready: {failing}", checks=checks)
         return json_response(503, body, {"Retry-After": "2"})
@@ -84,6 +94,7 @@ def install(app: Phase1App) -> None:
     # Each route is named by its OpenAPI path, which the request metrics use as their label.
     app.route(PLAN_ROUTE, "PATCH", patch_plan, name="/api/marketplace/analysis/{planId}")
     app.route(JOB_ROUTE, "GET", get_job, name="/api/marketplace/jobs/{jobId}")
+    app.route(CANCEL_ROUTE, "POST", cancel_job, name="/api/marketplace/jobs/{jobId}/cancel")
     for path, handler in (
         ("/healthz", healthz),
         ("/readyz", readyz),
@@ -91,6 +102,14 @@ def install(app: Phase1App) -> None:
         ("/openapi.json", openapi),
     ):
         app.route(path, "GET", handler, name=path)
+
+
+def paused_queues(ctx: Phase1) -> list[str]:
+    """The queues `phase1 pause` paused (the service is up all the same: /readyz stays 200)."""
+    try:
+        return sorted(pause.paused(ctx))
+    except Phase1Error:
+        return []
 
 
 def readiness(ctx: Phase1) -> dict[str, str]:

@@ -60,6 +60,8 @@ def attempts_view(history: Iterable[Row]) -> list[dict[str, Any]]:
             "endedAt": _iso(a["ended_at"]),
             "errorType": a["error_type"],
             "error": a["error_message"],
+            # What blocked an attempt that timed out in PostgreSQL (phase1.jobs.lockwatch).
+            **({"blockedBy": a["blocked_by"]} if a.get("blocked_by") else {}),
         }
         for a in history
     ]

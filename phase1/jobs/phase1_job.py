@@ -20,8 +20,8 @@ from rq.timeouts import JobTimeoutException
 from phase1 import context, keys
 from phase1.context import Phase1
 from phase1.domain import audit, phase1_tasks
-from phase1.errors import AttemptSuperseded, PermanentJobError, UnavailableError
-from phase1.jobs import attempt_trace, deadletter, events
+from phase1.errors import AttemptSuperseded, JobCancelled, PermanentJobError, UnavailableError
+from phase1.jobs import attempt_trace, deadletter, events, lockwatch
 from phase1.jobs.heartbeat import heartbeating
 from phase1.schemas import FailureReason, JobPayload
 from phase1.telemetry import logs as logformat
@@ -71,10 +71,16 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
 def _run(raw_payload: Any, job: Job, span: Any) -> dict[str, Any]:
     payload = _payload(raw_payload)
     ctx = context.for_worker_process()
+    with lockwatch.watching(ctx, job.id):
+        return _work(ctx, job, payload, span)
+
+
+def _work(ctx: Phase1, job: Job, payload: JobPayload, span: Any) -> dict[str, Any]:
     plan_id = str(payload.planId)
     opened_attempts.pop(job.id, None)  # one this process opened in an earlier run is over
 
     with tracing.db_span("open attempt", ctx.database_url), ctx.transaction() as conn:
+        lockwatch.note_backend(job.id, conn)
         started = phase1_tasks.open_attempt(
             conn,
             job.id,
@@ -87,6 +93,8 @@ def _run(raw_payload: Any, job: Job, span: Any) -> dict[str, Any]:
     if started is None:
         if row is None:
             raise PermanentJobError(f"job {job.id} has no execution row in PostgreSQL")
+        if row["cancelled_at"] is not None:
+            raise JobCancelled(f"job {job.id} was cancelled; this run created nothing")
         log.info("job %s already completed; a repeated run changes nothing", job.id)
         return dict(row["result"] or {})
 
@@ -99,6 +107,7 @@ def _run(raw_payload: Any, job: Job, span: Any) -> dict[str, Any]:
     active = events.make(events.ACTIVE, job.id, plan_id, attempt)
     events.emit_after_success(job.connection, ctx.settings, [active], within=ACTIVE_LAG)
     with tracing.db_span("create tasks", ctx.database_url), ctx.transaction() as conn:
+        lockwatch.note_backend(job.id, conn)
         outcome = phase1_tasks.create_tasks(
             conn,
             job.id,
@@ -107,6 +116,8 @@ def _run(raw_payload: Any, job: Job, span: Any) -> dict[str, Any]:
             idle_timeout_ms=ctx.settings.db_statement_timeout_ms,
         )
     if outcome.superseded:
+        if cancelled(ctx, job.id):
+            raise JobCancelled(f"job {job.id} was cancelled while it ran; it created nothing")
         raise AttemptSuperseded(
             f"attempt {attempt} of job {job.id} was given up for dead and taken over by "
             "another worker; this run created nothing"
@@ -128,6 +139,13 @@ def _run(raw_payload: Any, job: Job, span: Any) -> dict[str, Any]:
         ],
     )
     return result
+
+
+def cancelled(ctx: Phase1, job_id: str) -> bool:
+    """Whether an operator cancelled the job (PostgreSQL's row says so)."""
+    with ctx.read() as conn:
+        row = audit.get(conn, job_id)
+    return row is not None and row["cancelled_at"] is not None
 
 
 def _database_timeout(exc: BaseException | None) -> BaseException | None:
@@ -205,7 +223,16 @@ def on_failure(
 
     Permanent errors use up the retry budget at once; the last failure dead-letters the job.
     """
+    if exc_type is not None and issubclass(exc_type, JobCancelled):
+        job.retries_left = 0  # `phase1 cancel` recorded it all: no retry, nothing to add
+        opened_attempts.pop(job.id, None)
+        return
     reason, error_type, message = describe_failure(exc_type, exc_value, job.timeout)
+    blocked = lockwatch.blocked_by(job.id)
+    if reason == "timeout" and blocked:
+        message = f"{message}; {blocked_line(blocked[0])}"
+    else:
+        blocked = None
     if reason == "permanent":
         job.retries_left = 0  # RQ reads this right after the callback: no retry
     final = not job.should_retry
@@ -238,12 +265,22 @@ def on_failure(
                 # The orphan sweep may have recorded this dead attempt first.
                 only_if_active=reason == "abandoned",
                 attempt=attempt,
+                blocked_by=blocked,
             )
         finally:
             logformat.job_fields.reset(token)
             if final:
                 attempt_trace.record_finished(job, "failed")
             tracing.job_done()
+
+
+def blocked_line(blocker: dict[str, Any]) -> str:
+    """One blocking backend in words, for the attempt's error and the DLQ entry."""
+    return (
+        f"blocked by pid {blocker.get('pid')} ({blocker.get('applicationName') or '?'}, "
+        f"{blocker.get('state')}, in a transaction for {blocker.get('transactionAgeSeconds')} "
+        f"s): {blocker.get('query')}"
+    )
 
 
 def record_failure(
@@ -259,6 +296,7 @@ def record_failure(
     only_if_active: bool = False,
     ctx: Phase1 | None = None,
     attempt: int | None = None,
+    blocked_by: list[dict[str, Any]] | None = None,
 ) -> Recorded:
     """Write a failed attempt to the audit trail, the DLQ when final, and the event stream.
 
@@ -277,6 +315,8 @@ def record_failure(
     audit_error: UnavailableError | None = None
     try:
         with ctx.transaction() as conn:
+            if blocked_by and attempt is not None:
+                audit.set_blocked_by(conn, job.id, attempt, blocked_by)
             failed = audit.record_failed_attempt(
                 conn,
                 job.id,
@@ -355,6 +395,8 @@ def record_failure(
                 "reason": reason,
                 "error": {"type": error_type, "message": message},
             }
+            if blocked_by:
+                data["blockedBy"] = blocked_by
             if next_retry_at is not None:
                 data["nextRetryAt"] = next_retry_at.isoformat().replace("+00:00", "Z")
             event = events.make(events.FAILED, job.id, plan_id, attempt, data)

@@ -22,6 +22,7 @@ from phase1 import keys
 from phase1.context import Phase1, redis_errors
 from phase1.db import Conn
 from phase1.jobs import deadletter
+from phase1.jobs.pause import read_paused
 from phase1.redisconn import primary_address
 from phase1.schemas import UtcDatetime
 from phase1.settings import redact_url
@@ -128,6 +129,8 @@ class Snapshot(_Model):
     redisPrimary: str | None = None  # host:port of the server answering (Sentinel: its primary)
     at: UtcDatetime
     queued: int
+    paused: bool = False  # `phase1 pause`: phase1 workers take none of its jobs
+    pausedQueues: list[str] = []
     scheduled: Scheduled
     active: list[ActiveJob]
     dlq: Dlq
@@ -157,6 +160,7 @@ def snapshot(ctx: Phase1, *, last_hour: bool = True) -> Snapshot:
         scheduler = _scheduler(ctx)
         redis_settings = _redis_settings(ctx)
         primary = primary_address(ctx.redis)
+        paused_now = sorted(read_paused(ctx.redis))
     with ctx.transaction() as conn:
         hour = (
             _last_hour(conn, settings.queue)
@@ -171,6 +175,8 @@ def snapshot(ctx: Phase1, *, last_hour: bool = True) -> Snapshot:
         redisPrimary=primary,
         at=at,
         queued=queued,
+        paused=settings.queue in paused_now,
+        pausedQueues=paused_now,
         scheduled=scheduled,
         active=active,
         dlq=dlq,
@@ -193,6 +199,11 @@ def workers(ctx: Phase1) -> tuple[list[WorkerInfo], SchedulerInfo]:
 def warnings(snap: Snapshot) -> list[str]:
     """What an operator should act on, in words."""
     found = []
+    if snap.paused:
+        found.append(
+            f"{snap.queue} is paused: workers take none of its jobs "
+            f"(`phase1 resume {snap.queue}` to go on)"
+        )
     if not snap.workers and (snap.queued or snap.scheduled.count or snap.active):
         found.append(f"no worker is listening on {snap.queue}: start `phase1 worker`")
     if not snap.scheduler.running and snap.scheduled.count:

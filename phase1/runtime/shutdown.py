@@ -52,6 +52,7 @@ class _Scope:
 
     running = False
     pending = False
+    cancel = False  # the next interrupt is a cancel: it stops the running job, no other
 
 
 _scope = _Scope()
@@ -78,7 +79,19 @@ def interrupt_here() -> None:
 
 
 def _on_interrupt_signal(_signum: int, _frame: FrameType | None) -> None:
+    if _scope.cancel:
+        _scope.cancel = False
+        if _scope.running:
+            raise ShutdownInterrupt("the job was cancelled by an operator")
+        return
     interrupt_here()
+
+
+def interrupt_for_cancel() -> None:
+    """Interrupt the job running in the main thread now, for `phase1 cancel` (and, unlike a
+    shutdown, not the next job: none is running, nothing happens)."""
+    _scope.cancel = True
+    interrupt_main_thread()
 
 
 def install_interrupt_handler() -> None:

@@ -25,15 +25,16 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from phase1 import keys
+from phase1 import appname, keys
 from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
 from phase1.engine import rqcompat
 from phase1.engine.leftbehind import PutsBackLeftBehind
 from phase1.engine.worker import FastWorker
-from phase1.errors import UnavailableError
-from phase1.jobs import phase1_job
+from phase1.errors import JobCancelled, UnavailableError
+from phase1.jobs import cancel, phase1_job
 from phase1.runtime import reconcile, shutdown, sweep
 from phase1.runtime.maintenance import Maintenance
+from phase1.runtime.pausing import PausedQueues
 from phase1.runtime.startup_checks import run_startup_checks
 from phase1.runtime.supervisor import supervise
 from phase1.settings import redact_url
@@ -118,6 +119,7 @@ class _Phase1Base(PutsBackLeftBehind):
         redis_pools.add(self.connection.connection_pool)  # also under `rq worker -w`
         self.shutdown_timeout = shutdown_timeout
         self._job_in_hand: tuple[Job, Queue] | None = None
+        self._cancelling: str | None = None  # the job `phase1 cancel` interrupted
         self._deadline: shutdown.Deadline | None = None
 
     # -- the work loop, restarted after a Redis outage ------------------------------------
@@ -181,8 +183,9 @@ class _Phase1Base(PutsBackLeftBehind):
         if self.pubsub_thread:
             with contextlib.suppress(RedisError):
                 self.pubsub.unsubscribe()
-            self.pubsub_thread.stop()
-            self.pubsub_thread.join(timeout=1)
+            # Not stop(): redis-py 8's stop() joins without a deadline, and the listener may be
+            # waiting out RQ's 60 s poll (rqcompat.stop_listener).
+            rqcompat.stop_listener(self.pubsub_thread)
             with contextlib.suppress(RedisError):
                 self.pubsub.close()
             self.pubsub_thread = None
@@ -249,19 +252,26 @@ class _Phase1Base(PutsBackLeftBehind):
 
     def intercept_failure(
         self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo
-    ) -> bool:
-        """RQ's end of a failed attempt asks this first (rqcompat.intercepts_failure); True:
-        handled here. An interrupted job is no failure: put it back instead (RQ would retry or
-        fail it).
+    ) -> ExcInfo | None:
+        """RQ's end of a failed attempt asks this first (rqcompat.intercepts_failure): the
+        failure RQ should record, or None when it is handled here.
+
+        An interrupted job is no failure: it goes back on its queue (RQ would retry or fail
+        it), unless `phase1 cancel` interrupted it: then it ends as cancelled, with no retry.
         Nor is the end of an attempt another worker took over while this one was cut off
         (the orphan sweep gave it up for dead): the job is that worker's now, so this one
         records its attempt as superseded and leaves RQ's state alone."""
         if shutdown.is_interrupt(exc_info[0]):
+            if self._cancelling == job.id and not cancel.completed(job.id):
+                self._cancelling = None
+                job.retries_left = 0  # `phase1 cancel` records the rest in PostgreSQL
+                cancelled = JobCancelled(f"job {job.id} was cancelled while it ran")
+                return (JobCancelled, cancelled, exc_info[2])
             shutdown.requeue_interrupted(self, job, queue, execution)
-            return True
+            return None
         error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
         note = f"worker {self.name} on {self.hostname} came back ({error[:500]})"
-        return self._superseded(job, note)
+        return None if self._superseded(job, note) else exc_info
 
     def _superseded(self, job: Job, note: str) -> bool:
         """Whether the job's attempt here was taken over (phase1.job.superseded_here). Cut off
@@ -312,8 +322,24 @@ class Phase1Worker(_Phase1Base, FastWorker):
         DEFAULT_WORKER_TTL,
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paused = PausedQueues(self.connection)
+
+    def queues_to_take(self) -> list[Queue]:
+        """RQ's order of the queues without the paused ones (`phase1 pause`)."""
+        return self._paused.filter(super().queues_to_take())
+
     def _deadline_steps(self, after: float) -> list[tuple[float, Any]]:
         return [(after, shutdown.interrupt_main_thread), (HARD_EXIT_GRACE, self._give_up)]
+
+    def kill_horse(self, sig: Any = None) -> None:
+        """RQ's stop-job command (`phase1 cancel` sends it) for the job in hand: interrupt it
+        now, at whatever Python line it runs; its transaction rolls back."""
+        stopped = self._stopped_job_id
+        if stopped and self._job_in_hand is not None and self._job_in_hand[0].id == stopped:
+            self._cancelling = stopped
+            shutdown.interrupt_for_cancel()
 
     def _give_up(self) -> None:
         """The job ignored the interrupt (stuck outside Python): put it back and exit."""
@@ -442,6 +468,7 @@ def run(
 ) -> bool:
     """Run one worker in this process until stopped (or, with `burst`, until queues drain)."""
     install_worker_context(ctx)
+    appname.set_role("worker")
     try:
         if checks:
             run_startup_checks(ctx, expect_scheduler=False)

@@ -78,7 +78,7 @@ def test_list_inspect_and_requeue_dead_lettered_jobs(settings: Settings, ctx: Ph
 
     dry = phase1(settings, "dlq", "requeue", "--all", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.split() == [second, first]
+    assert dry.stdout.split() == [first, second]  # --all goes oldest failure first
     assert "would send back 2 job(s)" in dry.stderr
     assert deadletter.size(ctx.redis, settings.queue) == 2
 

@@ -174,7 +174,7 @@ def test_connections_killed_by_postgres_are_replaced(
         query = (
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND application_name = 'phase1'"
+            "AND application_name LIKE 'phase1 http %%'"
         )
         return int(scalar(settings.database_url or "", query))
 

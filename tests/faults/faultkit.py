@@ -190,7 +190,7 @@ def sleeping_backend(database_url: str) -> int | None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'phase1' AND wait_event = 'PgSleep' LIMIT 1"
+            "AND application_name LIKE 'phase1 %' AND wait_event = 'PgSleep' LIMIT 1"
         ).fetchone()
     return int(row[0]) if row else None
 

@@ -23,6 +23,8 @@ from phase1.settings import Settings
 
 INFO_KEYS = {
     "queue",
+    "paused",
+    "pausedQueues",
     "redis",
     "redisPrimary",
     "at",

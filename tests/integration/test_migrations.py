@@ -13,6 +13,7 @@ from support import PHASE1, with_db
 
 from phase1 import db
 
+OPS = "0100_ops_cancel_and_lock_diagnostics"
 EXPECTED_COLUMNS = {
     "marketplace_job_executions": {
         # The story's columns, exactly.
@@ -33,6 +34,8 @@ EXPECTED_COLUMNS = {
         "next_retry_at": ("timestamp without time zone", "YES", None),
         "error_type": ("character varying", "YES", 255),
         "updated_at": ("timestamp without time zone", "NO", None),
+        "cancelled_at": ("timestamp without time zone", "YES", None),
+        "cancel_reason": ("text", "YES", None),
     },
     "marketplace_plans": {
         "id": ("uuid", "NO", None),
@@ -58,6 +61,7 @@ EXPECTED_COLUMNS = {
         "attempt": ("integer", "NO", None),
         "status": ("character varying", "NO", 20),
         "worker": ("character varying", "YES", 255),
+        "blocked_by": ("jsonb", "YES", None),
         "started_at": ("timestamp without time zone", "NO", None),
         "ended_at": ("timestamp without time zone", "YES", None),
         "error_type": ("character varying", "YES", 255),
@@ -115,7 +119,12 @@ def _schema(url: str) -> tuple[dict[str, dict[str, tuple[str, str, int | None]]]
 
 def test_all_migrations_give_the_expected_schema(empty_database: str) -> None:
     applied = db.migrate(empty_database)
-    assert applied == ["0001_initial", "0002_superseded_attempts", "0003_console_indexes"]
+    assert applied == [
+        "0001_initial",
+        "0002_superseded_attempts",
+        "0003_console_indexes",
+        OPS,
+    ]
     tables, indexes = _schema(empty_database)
     assert tables == EXPECTED_COLUMNS
     assert indexes == EXPECTED_INDEXES
@@ -142,8 +151,8 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(empty_databas
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     messages = sorted(err.decode() for _, err in outputs)
-    applied = "0001_initial, 0002_superseded_attempts, 0003_console_indexes"
-    assert f"applied 3 migration(s): {applied}" in messages[0]
+    applied = f"0001_initial, 0002_superseded_attempts, 0003_console_indexes, {OPS}"
+    assert f"applied 4 migration(s): {applied}" in messages[0]
     assert "up to date" in messages[1]
     with psycopg.connect(empty_database) as conn:
         count = conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()
