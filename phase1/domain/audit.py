@@ -100,6 +100,13 @@ WHERE e.job_id = %(job_id)s AND e.status = 'failed'
 RETURNING *
 """
 
+# A job sent back from the DLQ by RQ's own tools, seen as its attempt opens: a fresh budget
+# from this attempt on, as `phase1 dlq requeue` gives.
+SQL_RESTART_BUDGET = """
+UPDATE marketplace_job_executions SET max_attempts = attempt_number + %(retries)s
+WHERE job_id = %(job_id)s AND status = 'active'
+"""
+
 
 def insert(conn: Conn, *, plan_id: UUID, job_id: str, queue: str, max_attempts: int) -> Row:
     """The `pending` row written in the approval's transaction."""
@@ -291,3 +298,8 @@ def interrupt_attempt(conn: Conn, job_id: str, message: str) -> int | None:
     attempt number, or None when the job was not active (completed meanwhile, say)."""
     row = conn.execute(SQL_INTERRUPT, {"job_id": job_id, "message": message}).fetchone()
     return None if row is None else int(row["attempt"])
+
+
+def restart_budget(conn: Conn, job_id: str, retries: int) -> None:
+    """Give the running attempt of `job_id` `retries` retries after it (a requeue)."""
+    conn.execute(SQL_RESTART_BUDGET, {"job_id": job_id, "retries": retries})

@@ -75,6 +75,8 @@ def run_phase1_job(raw_payload: Any) -> dict[str, Any]:
         log.info("job %s already completed; a repeated run changes nothing", job.id)
         return dict(row["result"] or {})
 
+    if started.was == "failed":  # sent back from the DLQ by RQ's tools, not phase1's
+        deadletter.requeued_elsewhere(ctx, job, started.attempt)
     # `job:active` goes out with the outcome when that comes within ACTIVE_LAG (one round
     # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
     attempt = started.attempt
@@ -273,9 +275,7 @@ def record_failure(
     dead_lettered = False
     if final:
         history = failed.history if failed is not None else []
-        dead_lettered = deadletter.add(
-            connection,
-            settings.queue,
+        entry = deadletter.stamp(
             deadletter.make_entry(
                 job_id=job.id,
                 plan_id=plan_id,
@@ -286,9 +286,13 @@ def record_failure(
                 traceback_text=traceback_text,
                 payload=_payload_of(job),
                 history=history,
-            ),
-            retention=settings.dlq_retention,
+            )
         )
+        dead_lettered = deadletter.add(
+            connection, settings.queue, entry, retention=settings.dlq_retention
+        )
+        if dead_lettered and audit_error is None:  # PostgreSQL's record of it too
+            deadletter.remember(ctx, entry)
         if attempt is None and history:
             attempt = int(history[-1]["attempt"])
     recorded = (failed is not None and failed.attempt is not None) or dead_lettered

@@ -63,6 +63,19 @@ EXPECTED_COLUMNS = {
         "error_type": ("character varying", "YES", 255),
         "error_message": ("text", "YES", None),
     },
+    "marketplace_dead_letters": {
+        "job_id": ("character varying", "NO", 255),
+        "plan_id": ("uuid", "YES", None),
+        "queue": ("character varying", "NO", 255),
+        "reason": ("character varying", "NO", 50),
+        "error_type": ("text", "YES", None),
+        "error_message": ("text", "YES", None),
+        "traceback": ("text", "YES", None),
+        "payload": ("jsonb", "YES", None),
+        "entry": ("jsonb", "NO", None),
+        "failed_at": ("timestamp with time zone", "NO", None),
+        "requeued_at": ("timestamp with time zone", "YES", None),
+    },
 }
 
 EXPECTED_INDEXES = {
@@ -71,6 +84,7 @@ EXPECTED_INDEXES = {
     "uq_job_executions_plan",
     "uq_task_key_per_plan",
     "marketplace_job_executions_job_id_key",
+    "idx_dead_letters_open",
 }
 
 
@@ -111,7 +125,7 @@ def _schema(url: str) -> tuple[dict[str, dict[str, tuple[str, str, int | None]]]
 
 def test_all_migrations_give_the_expected_schema(empty_database: str) -> None:
     applied = db.migrate(empty_database)
-    assert applied == ["0001_initial", "0002_superseded_attempts"]
+    assert applied == ["0001_initial", "0002_superseded_attempts", "0200_dead_letters"]
     tables, indexes = _schema(empty_database)
     assert tables == EXPECTED_COLUMNS
     assert indexes == EXPECTED_INDEXES
@@ -138,8 +152,11 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(empty_databas
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     messages = sorted(err.decode() for _, err in outputs)
-    assert "applied 2 migration(s): 0001_initial, 0002_superseded_attempts" in messages[0]
+    assert (
+        "applied 3 migration(s): 0001_initial, 0002_superseded_attempts, 0200_dead_letters"
+        in (messages[0])
+    )
     assert "up to date" in messages[1]
     with psycopg.connect(empty_database) as conn:
         count = conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()
-    assert count == (2,)
+    assert count == (3,)
