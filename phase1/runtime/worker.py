@@ -116,6 +116,7 @@ class _Phase1Base(PutsBackLeftBehind):
         redis_pools.add(self.connection.connection_pool)  # also under `rq worker -w`
         self.shutdown_timeout = shutdown_timeout
         self._job_in_hand: tuple[Job, Queue] | None = None
+        self._in_dequeue = False  # the main thread is taking (or waiting for) a job
         self._deadline: shutdown.Deadline | None = None
 
     # -- the work loop, restarted after a Redis outage ------------------------------------
@@ -189,8 +190,18 @@ class _Phase1Base(PutsBackLeftBehind):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        self._job_in_hand = result
+        # Between jobs the worker is idle whatever its state says (a job the engine had
+        # started ahead and gave back leaves it `busy`): a stop must not wait in the dequeue
+        # for a job, up to the dequeue timeout. A stop signal raises StopRequested in here
+        # (what the engine's dequeue is built to survive: a job taken is handed back).
+        self._in_dequeue = True
+        try:
+            if self._stop_requested:
+                raise StopRequested()
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            self._job_in_hand = result
+        finally:
+            self._in_dequeue = False
         return result
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -213,7 +224,7 @@ class _Phase1Base(PutsBackLeftBehind):
         self._stop_requested = True
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
-        if not self._busy():
+        if self._in_dequeue or not self._busy():
             self.log.info("Worker %s: stopping (idle)", self.name)
             raise StopRequested()
         job = self._job_in_hand[0].id if self._job_in_hand else "?"
