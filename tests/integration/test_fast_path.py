@@ -123,8 +123,8 @@ def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
         assert success_writes.after_success(*push("a"))
         assert success_writes.after_success(*push("b"), within=0.05)
         assert success_writes.after_success(*push("c"))
-        time.sleep(0.3)
-        assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]
+        # b's timer sends a and b (staged before it), not c.
+        wait_until(lambda: ctx.redis.lrange(key, 0, -1) == [b"a", b"b"], what="b's timer")
         assert success_writes.after_success(*push("d"), within=0.05)
         taken = stage.take()  # as the success transaction takes them
         time.sleep(0.3)
