@@ -192,6 +192,14 @@ def entries(ctx: Phase1, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
     PostgreSQL still holds (Redis lost them)."""
     settings = ctx.settings
     in_redis = list_entries(ctx.redis, settings.queue, limit)
+    lost = lost_entries(ctx, limit)
+    merged = sorted(in_redis + lost, key=lambda e: str(e.get("failedAt") or ""), reverse=True)
+    return merged[:limit], size(ctx.redis, settings.queue) + len(lost)
+
+
+def lost_entries(ctx: Phase1, limit: int = 100_000) -> list[dict[str, Any]]:
+    """The entries PostgreSQL holds as dead-lettered and Redis lost, newest first."""
+    settings = ctx.settings
     with ctx.transaction() as conn:
         kept = dead_letters.open_entries(
             conn, settings.queue, retention=settings.dlq_retention, limit=limit
@@ -199,26 +207,15 @@ def entries(ctx: Phase1, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
     known = set(job_ids(ctx.redis, settings.queue))
     lost = [e for e in kept if e["jobId"] not in known]
     live = _live(ctx, [e["jobId"] for e in lost])
-    lost = [e for e in lost if e["jobId"] not in live]
-    merged = sorted(in_redis + lost, key=lambda e: str(e.get("failedAt") or ""), reverse=True)
-    return merged[:limit], size(ctx.redis, settings.queue) + len(lost)
+    return [e for e in lost if e["jobId"] not in live]
 
 
 def rebuild(ctx: Phase1) -> list[str]:
     """Write back to Redis the entries PostgreSQL holds and Redis lost; their job ids."""
     settings = ctx.settings
-    with ctx.transaction() as conn:
-        kept = dead_letters.open_entries(
-            conn, settings.queue, retention=settings.dlq_retention, limit=100_000
-        )
-    known = set(job_ids(ctx.redis, settings.queue))
-    lost = [e for e in kept if e["jobId"] not in known]
-    live = _live(ctx, [e["jobId"] for e in lost])
     restored = []
-    for entry in lost:
-        if entry["jobId"] not in live and add(
-            ctx.redis, settings.queue, entry, retention=settings.dlq_retention
-        ):
+    for entry in lost_entries(ctx):
+        if add(ctx.redis, settings.queue, entry, retention=settings.dlq_retention):
             restored.append(entry["jobId"])
     return restored
 

@@ -74,6 +74,8 @@ def test_a_dlq_entry_redis_lost_is_listed_requeued_and_rebuilt(
     assert enqueue.returncode == 1 and f"phase1 dlq requeue {job_id}" in enqueue.stderr
     listed = json.loads(run(ctx, "dlq", "list", "--json").stdout)
     assert [e["jobId"] for e in listed["entries"]] == [job_id] and listed["total"] == 1
+    info = json.loads(run(ctx, "info", "--json").stdout)
+    assert info["dlq"]["size"] == 1 and info["dlq"]["oldest"]["jobId"] == job_id
     inspected = run(ctx, "dlq", "inspect", job_id, "--json")
     assert inspected.returncode == 0, inspected.stderr
     assert json.loads(inspected.stdout)["attempts"][0]["status"] == "failed"
