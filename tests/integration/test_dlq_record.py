@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from rq.registry import FailedJobRegistry
-from support import PHASE1, Processes, inject_fault, settings_env, wait_until
+from support import PHASE1, RQ, Processes, inject_fault, settings_env, wait_until
 
 from phase1 import keys
 from phase1.context import Phase1, build
@@ -97,13 +97,21 @@ def test_a_dlq_entry_redis_lost_is_listed_requeued_and_rebuilt(
     assert missing.returncode == 1 and "not in the dead-letter queue" in missing.stderr
 
 
-def test_a_requeue_through_rqs_own_api_gets_phase1s_bookkeeping(
-    ctx: Phase1, processes: Processes
+@pytest.mark.parametrize("how", ["api", "rq requeue"])
+def test_a_requeue_through_rqs_own_tools_gets_phase1s_bookkeeping(
+    ctx: Phase1, processes: Processes, how: str
 ) -> None:
-    """FailedJobRegistry.requeue is what rq-dashboard's Requeue button and `rq requeue`
-    call: the entry leaves the DLQ, the budget restarts, `job:requeued` is recorded."""
+    """FailedJobRegistry.requeue is what rq-dashboard's Requeue button calls, and the `rq
+    requeue` command: the entry leaves the DLQ, the budget restarts, `job:requeued` is
+    recorded."""
     _, job_id = dead_lettered(ctx, processes)
-    assert FailedJobRegistry(queue=ctx.queue()).requeue(job_id)
+    if how == "api":
+        assert FailedJobRegistry(queue=ctx.queue()).requeue(job_id)
+    else:
+        argv = [RQ, "requeue", "--queue", ctx.settings.queue, "--serializer", "json"]
+        argv += ["--url", ctx.redis_url, job_id]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
     assert processes.worker(ctx.settings, "--burst").wait(timeout=60) == 0
 
     view = jobs.view(ctx, job_id)
