@@ -193,7 +193,7 @@ def requeue(
     job_ids = [plans.parse_job_id(j) for j in job_ids or []]  # all checked before any moves
     conn = state(ctx).connect()
     queue = conn.settings.queue
-    ids = deadletter.job_ids(conn.redis, queue) if all_ else list(dict.fromkeys(job_ids))
+    ids = deadletter.all_job_ids(conn) if all_ else list(dict.fromkeys(job_ids))
     moved: list[deadletter.Requeued] = []
     missing: list[str] = []
     err = stderr()

@@ -11,6 +11,7 @@ Redis by the reconciler (`rebuild`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from phase1.jobs import queue as jobs
 from phase1.settings import redact_url
 
 if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
-    from phase1.db import Row
+    from phase1.db import Conn, Row
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,20 @@ def entries(ctx: Phase1, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
     return merged[:limit], size(ctx.redis, settings.queue) + len(lost)
 
 
-def lost_entries(ctx: Phase1, limit: int = 100_000) -> list[dict[str, Any]]:
-    """The entries PostgreSQL holds as dead-lettered and Redis lost, newest first."""
+def all_job_ids(ctx: Phase1) -> list[str]:
+    """Every dead-lettered job id, newest first: Redis's, then those only PostgreSQL holds."""
+    return job_ids(ctx.redis, ctx.settings.queue) + [e["jobId"] for e in lost_entries(ctx)]
+
+
+def lost_entries(
+    ctx: Phase1, limit: int = 100_000, *, conn: Conn | None = None
+) -> list[dict[str, Any]]:
+    """The entries PostgreSQL holds as dead-lettered and Redis lost, newest first (read on
+    `conn` when the caller is in a transaction: no second pooled connection)."""
     settings = ctx.settings
-    with ctx.transaction() as conn:
+    with contextlib.nullcontext(conn) if conn is not None else ctx.transaction() as used:
         kept = dead_letters.open_entries(
-            conn, settings.queue, retention=settings.dlq_retention, limit=limit
+            used, settings.queue, retention=settings.dlq_retention, limit=limit
         )
     known = set(job_ids(ctx.redis, settings.queue))
     lost = [e for e in kept if e["jobId"] not in known]
@@ -210,11 +219,11 @@ def lost_entries(ctx: Phase1, limit: int = 100_000) -> list[dict[str, Any]]:
     return [e for e in lost if e["jobId"] not in live]
 
 
-def rebuild(ctx: Phase1) -> list[str]:
+def rebuild(ctx: Phase1, conn: Conn | None = None) -> list[str]:
     """Write back to Redis the entries PostgreSQL holds and Redis lost; their job ids."""
     settings = ctx.settings
     restored = []
-    for entry in lost_entries(ctx):
+    for entry in lost_entries(ctx, conn=conn):
         if add(ctx.redis, settings.queue, entry, retention=settings.dlq_retention):
             restored.append(entry["jobId"])
     return restored
@@ -370,33 +379,3 @@ def requeue(ctx: Phase1, job_id: str, *, dry_run: bool = False) -> Requeued:
     )
     events.emit(ctx.redis, settings, event)
     return replace(outcome, audit_updated=updated is not None)
-
-
-def requeued_elsewhere(ctx: Phase1, job: Job, attempt: int) -> None:
-    """Bookkeeping for a dead-lettered job that RQ's own tools sent back (rq-dashboard's
-    Requeue, `rq requeue`, `Job.requeue()`), seen as its next attempt opens: as with
-    `phase1 dlq requeue`, its entry leaves the DLQ, its retry budget starts afresh and
-    `job:requeued` is recorded. (Also right after an interrupted `phase1 dlq requeue`: the
-    entry is gone then, and only PostgreSQL is brought up to date.)"""
-    settings = ctx.settings
-    name = settings.queue
-    job.retries_left = settings.max_retries  # the worker decides this attempt's retry on it
-    with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.dlq_entry(name, job.id))
-        pipe.zrem(keys.dlq_index(name), job.id)
-        pipe.hset(job.key, "retries_left", settings.max_retries)
-        removed = bool(pipe.execute()[0])
-    with ctx.transaction() as conn:
-        dead_letters.mark_requeued(conn, job.id)
-        audit.restart_budget(conn, job.id, settings.max_retries)
-    if not removed:
-        return
-    log.warning(
-        "job %s was sent back from the dead-letter queue by RQ's own tools; its entry is "
-        "removed and its retry budget restarted, as `phase1 dlq requeue` would",
-        job.id,
-    )
-    plan_id = (job.meta or {}).get("planId")
-    data = {"queue": name, "freshAttempts": settings.max_attempts, "by": "rq"}
-    event = events.make(events.REQUEUED, job.id, str(plan_id), (attempt - 1) or None, data)
-    events.emit(ctx.redis, settings, event)

@@ -158,7 +158,7 @@ def reconcile(
                 progress(outcome)
             if len(rows) < BATCH:
                 break
-        outcome.restored = _rebuild_dlq(ctx)
+        outcome.restored = _rebuild_dlq(ctx, conn)
     outcome.seconds = time.monotonic() - started
     if outcome.requeued:
         log.warning(
@@ -205,9 +205,9 @@ def _in_redis(ctx: Phase1, rows: list[dict[str, Any]]) -> list[tuple[dict[str, A
     ]
 
 
-def _rebuild_dlq(ctx: Phase1) -> list[str]:
+def _rebuild_dlq(ctx: Phase1, conn: Conn) -> list[str]:
     try:
-        return deadletter.rebuild(ctx)
+        return deadletter.rebuild(ctx, conn)
     except RedisError as exc:
         raise UnavailableError(
             f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"

@@ -88,6 +88,8 @@ def test_a_dlq_entry_redis_lost_is_listed_requeued_and_rebuilt(
 
     # Lost again, and requeued straight from PostgreSQL's record: it completes.
     lose_redis_state(ctx, job_id)
+    dry = run(ctx, "dlq", "requeue", "--all", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.split() == [job_id], dry.stderr
     requeued = run(ctx, "dlq", "requeue", job_id)
     assert requeued.returncode == 0 and requeued.stdout.split() == [job_id], requeued.stderr
     assert processes.worker(ctx.settings, "--burst").wait(timeout=60) == 0
@@ -143,8 +145,14 @@ def test_a_job_requeued_through_rq_that_fails_again_goes_back_to_the_dlq(
         inject_fault(ctx.database_url, plan_id, fail_times=100)
         job_id = approval.approve(ctx, plan_id).job_id
         processes.worker(ctx.settings)
-        wait_until(lambda: jobs.view(ctx, job_id).status == "failed", timeout=60, what="DLQ")
-        assert FailedJobRegistry(queue=ctx.queue()).requeue(job_id)
+        failed = FailedJobRegistry(queue=ctx.queue())
+        # PostgreSQL says `failed` (phase1's callback) a moment before RQ files the job.
+        wait_until(
+            lambda: jobs.view(ctx, job_id).status == "failed" and job_id in failed,
+            timeout=60,
+            what="dead-lettered, in RQ's failed registry",
+        )
+        assert failed.requeue(job_id)
         wait_until(
             lambda: (v := jobs.view(ctx, job_id)).status == "failed" and v.attempt == 4,
             timeout=60,
