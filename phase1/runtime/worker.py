@@ -105,6 +105,15 @@ def _install_fork_hook() -> None:
         _fork_hook_installed = True
 
 
+def _stop_flag(thread: Any) -> None:
+    """Tell redis-py's pubsub worker thread to end, without waiting for it: redis-py 8's
+    `stop(timeout)` joins (unbounded by default), earlier ones only clear the flag."""
+    try:
+        thread.stop(timeout=0)
+    except TypeError:  # redis-py < 8: stop() takes no timeout and does not join
+        thread.stop()
+
+
 class _Phase1Base(PutsBackLeftBehind):
     """What both phase1 worker classes add to RQ's: JSON, the bounded shutdown, Redis outages."""
 
@@ -116,7 +125,6 @@ class _Phase1Base(PutsBackLeftBehind):
         redis_pools.add(self.connection.connection_pool)  # also under `rq worker -w`
         self.shutdown_timeout = shutdown_timeout
         self._job_in_hand: tuple[Job, Queue] | None = None
-        self._in_dequeue = False  # the main thread is taking (or waiting for) a job
         self._deadline: shutdown.Deadline | None = None
 
     # -- the work loop, restarted after a Redis outage ------------------------------------
@@ -178,10 +186,14 @@ class _Phase1Base(PutsBackLeftBehind):
         except RedisError as exc:
             self.log.warning("Worker %s: could not register its death: %s", self.name, exc)
         if self.pubsub_thread:
+            # RQ's pubsub thread reads with a 60 s timeout, and once unsubscribed it waits up
+            # to 60 s for a subscription; redis-py 8's stop() joins it without a bound, so a
+            # stopping worker hung up to a minute after its loop ended. Its flag goes first
+            # (no wait), then the unsubscribe reply wakes its read and it ends at once.
+            _stop_flag(self.pubsub_thread)
             with contextlib.suppress(RedisError):
                 self.pubsub.unsubscribe()
-            self.pubsub_thread.stop()
-            self.pubsub_thread.join(timeout=1)
+            self.pubsub_thread.join(timeout=1)  # a daemon: one still waiting never holds exit
             with contextlib.suppress(RedisError):
                 self.pubsub.close()
             self.pubsub_thread = None
@@ -190,18 +202,8 @@ class _Phase1Base(PutsBackLeftBehind):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        # Between jobs the worker is idle whatever its state says (a job the engine had
-        # started ahead and gave back leaves it `busy`): a stop must not wait in the dequeue
-        # for a job, up to the dequeue timeout. A stop signal raises StopRequested in here
-        # (what the engine's dequeue is built to survive: a job taken is handed back).
-        self._in_dequeue = True
-        try:
-            if self._stop_requested:
-                raise StopRequested()
-            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            self._job_in_hand = result
-        finally:
-            self._in_dequeue = False
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self._job_in_hand = result
         return result
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -224,7 +226,7 @@ class _Phase1Base(PutsBackLeftBehind):
         self._stop_requested = True
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
-        if self._in_dequeue or not self._busy():
+        if not self._busy():
             self.log.info("Worker %s: stopping (idle)", self.name)
             raise StopRequested()
         job = self._job_in_hand[0].id if self._job_in_hand else "?"

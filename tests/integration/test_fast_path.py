@@ -203,8 +203,8 @@ def test_a_stopping_worker_puts_the_job_it_took_next_back(
 def test_a_worker_stopped_while_it_waits_for_a_job_exits_at_once(
     ctx: Phase1, processes: Processes
 ) -> None:
-    """Whatever state the worker last wrote: an idle worker blocked in its dequeue exits on
-    the first SIGTERM (one that waited there for a job hung until the dequeue timeout)."""
+    """An idle worker blocked in its dequeue exits on the first SIGTERM, within the test's
+    bound (its teardown once waited up to a minute on RQ's pubsub thread)."""
     queue = ctx.queue()
     for round_ in range(3):
         worker = processes.worker(ctx.settings)
