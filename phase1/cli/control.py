@@ -6,6 +6,7 @@ import typer
 
 from phase1.cli.common import json_option, note, print_details, print_json, state
 from phase1.cli.jobs import JOB_SHAPE, view_details
+from phase1.domain import plans
 from phase1.jobs import cancel as cancelling
 from phase1.jobs import pause as pausing
 
@@ -27,7 +28,7 @@ def cancel(
 
     Example: phase1 cancel "$job" --reason "wrong plan approved"
     """
-    view = cancelling.cancel(state(ctx).connect(), job_id, reason)
+    view = cancelling.cancel(state(ctx).connect(), plans.parse_job_id(job_id), reason)
     if as_json:
         print_json(view.model_dump(mode="json"))
     else:

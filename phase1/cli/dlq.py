@@ -25,6 +25,7 @@ from phase1.cli.common import (
     stdout,
 )
 from phase1.context import Phase1
+from phase1.domain import plans
 from phase1.errors import InvalidInputError, NotFoundError
 from phase1.jobs import bulkrequeue, deadletter
 
@@ -76,8 +77,7 @@ def list_entries(
     """
     conn = state(ctx).connect()
     queue = conn.settings.queue
-    entries = deadletter.list_entries(conn.redis, queue, limit)
-    total = deadletter.size(conn.redis, queue)
+    entries, total = deadletter.entries(conn, limit)  # with those only PostgreSQL still holds
     if as_json:
         print_json({"queue": queue, "total": total, "entries": [_summary(e) for e in entries]})
         return
@@ -122,8 +122,9 @@ def inspect(
 
     Example: phase1 dlq inspect "$job"
     """
+    job_id = plans.parse_job_id(job_id)
     conn = state(ctx).connect()
-    entry = deadletter.get(conn.redis, conn.settings.queue, job_id)
+    entry = deadletter.find(conn, job_id)  # Redis's entry, else PostgreSQL's record
     if entry is None:
         raise NotFoundError(f"job {job_id} is not in the dead-letter queue")
     if as_json:
@@ -218,12 +219,13 @@ def requeue(
         raise InvalidInputError("give one or more job ids, or --all")
     if not all_ and (reason or rate):
         raise InvalidInputError("--reason and --rate go with --all")
+    job_ids = [plans.parse_job_id(j) for j in job_ids or []]  # all checked before any moves
     conn = state(ctx).connect()
     if all_:
         _requeue_all(conn, reason=reason, rate=_rate(rate), dry_run=dry_run, as_json=as_json)
         return
     queue = conn.settings.queue
-    ids = deadletter.job_ids(conn.redis, queue) if all_ else list(dict.fromkeys(job_ids))
+    ids = list(dict.fromkeys(job_ids))
     moved: list[deadletter.Requeued] = []
     missing: list[str] = []
     err = stderr()

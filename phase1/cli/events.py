@@ -18,6 +18,7 @@ from rich.text import Text
 
 from phase1.cli.common import state, stderr, stdout
 from phase1.context import redis_client
+from phase1.domain import plans
 from phase1.errors import InvalidInputError, UnavailableError
 from phase1.jobs import events, webhooks
 from phase1.schemas import Event
@@ -56,11 +57,14 @@ def events_command(
         help="Instead, list webhook deliveries given up after their last try (newest first).",
     ),
 ) -> None:
-    """Show lifecycle events (job:enqueued, job:active, job:progress, job:completed,
-    job:failed, job:requeued) from the queue's event stream, oldest first.
+    """Show the lifecycle events of the queue's event stream, oldest first.
+
+    The types: job:enqueued, job:active, job:progress, job:completed, job:failed,
+    job:requeued.
 
     Example: phase1 events --follow --job "$job"
     """
+    job = plans.parse_job_id(job) if job is not None else None
     settings = state(ctx).resolved()
     assert settings.redis_url
     redis = redis_client(settings.redis_url)

@@ -116,6 +116,7 @@ def status(
 
     Example: phase1 status "$job" --watch
     """
+    job_id = plans.parse_job_id(job_id)
     conn = state(ctx).connect()
     view = jobs.view(conn, job_id)
     if watch:

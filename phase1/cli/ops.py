@@ -16,7 +16,7 @@ def reconcile(
         "--json",
         help=(
             "Print a summary: queue, checked, requeued, jobIds, settled, settledJobIds, "
-            "lockedOut, seconds."
+            "restored, restoredJobIds, lockedOut, seconds."
         ),
     ),
     grace: float | None = typer.Option(
@@ -29,14 +29,18 @@ def reconcile(
         30.0, "--wait", min=0, help="Seconds to wait while another process reconciles."
     ),
 ) -> None:
-    """Re-enqueue every job PostgreSQL holds as pending, active or retrying that Redis has
+    """Put PostgreSQL's record and Redis in step: re-enqueue, settle, restore DLQ entries.
+
+    Re-enqueue every job PostgreSQL holds as pending, active or retrying that Redis has
     lost (Redis restarted without persistence, or was flushed), under the same job id; and
     record as failed (dead-lettered) each of those jobs that RQ has ended without phase1 hearing
     of it (failed by a plain `rq worker`'s maintenance, stopped or cancelled with RQ's tools,
-    or failed while PostgreSQL was down).
+    or failed while PostgreSQL was down); and write back to Redis the dead-letter entries
+    PostgreSQL holds and Redis lost.
 
     Every `phase1 worker` also does this every PHASE1_RECONCILE_INTERVAL seconds; running it
     by hand after a Redis loss just makes it happen now. Safe to run alongside workers.
+
     Example: phase1 reconcile --json
     """
     conn = state(ctx).connect()
@@ -58,6 +62,12 @@ def reconcile(
             f"{outcome.queue} that Redis had lost",
             highlight=False,
         )
+        if outcome.restored:
+            stdout().print(
+                f"wrote back {len(outcome.restored)} dead-letter entr(ies) that Redis had "
+                "lost (see phase1 dlq list)",
+                highlight=False,
+            )
         if outcome.settled:
             stdout().print(
                 f"recorded the failure of {len(outcome.settled)} that RQ had ended without "

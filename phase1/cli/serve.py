@@ -108,6 +108,7 @@ def serve(
     Starts even when Redis or PostgreSQL is down: requests then answer 503 and /readyz says
     which one. Without PHASE1_API_TOKEN it warns that the /api/ routes are open. Ctrl-C or
     SIGTERM stops it after the requests in flight.
+
     Example: phase1 serve --port 8000
     """
     run_server(state(ctx).resolved(), host, port, threads)
@@ -195,6 +196,7 @@ def up(
     Redis and PostgreSQL. Crashed workers are started again; Ctrl-C or SIGTERM stops the
     server, then the workers (each finishes its job first, up to PHASE1_SHUTDOWN_TIMEOUT).
     Without PHASE1_API_TOKEN it warns that the /api/ routes are open.
+
     Example: phase1 up --processes 2 --port 8000
     """
     settings = state(ctx).resolved()

@@ -100,6 +100,13 @@ WHERE e.job_id = %(job_id)s AND e.status = 'failed'
 RETURNING *
 """
 
+# A job sent back from the DLQ by RQ's own tools, seen as its attempt opens: a fresh budget
+# from this attempt on, as `phase1 dlq requeue` gives.
+SQL_RESTART_BUDGET = """
+UPDATE marketplace_job_executions SET max_attempts = attempt_number + %(retries)s
+WHERE job_id = %(job_id)s AND status = 'active'
+"""
+
 
 def insert(conn: Conn, *, plan_id: UUID, job_id: str, queue: str, max_attempts: int) -> Row:
     """The `pending` row written in the approval's transaction."""
@@ -318,3 +325,8 @@ def set_blocked_by(conn: Conn, job_id: str, attempt: int, blockers: list[dict[st
     from psycopg.types.json import Jsonb
 
     conn.execute(SQL_BLOCKED_BY, {"job_id": job_id, "attempt": attempt, "blocked": Jsonb(blockers)})
+
+
+def restart_budget(conn: Conn, job_id: str, retries: int) -> None:
+    """Give the running attempt of `job_id` `retries` retries after it (a requeue)."""
+    conn.execute(SQL_RESTART_BUDGET, {"job_id": job_id, "retries": retries})

@@ -53,7 +53,11 @@ SELECT id FROM ins
 # without waiting for the WAL flush, and bounded idle as SQL_LOCK says why (set_config ...
 # true: this transaction only).
 SQL_OPEN_ATTEMPT = """
-WITH nxt AS (
+WITH prev AS (
+  -- The state before this attempt (the statement's snapshot): `failed` means the job was
+  -- sent back from the DLQ by something other than `phase1 dlq requeue` (RQ's own tools).
+  SELECT status FROM marketplace_job_executions WHERE job_id = %(job_id)s
+), nxt AS (
   SELECT COALESCE(MAX(attempt), 0) + 1 AS n,
          set_config('synchronous_commit', 'off', true) AS sync,
          set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true) AS idle
@@ -79,7 +83,7 @@ WITH nxt AS (
   SELECT job_id, attempt, 'active', %(worker)s, NOW() FROM exe
   RETURNING attempt
 )
-SELECT exe.attempt, p.id AS plan_id, p.analysis
+SELECT exe.attempt, p.id AS plan_id, p.analysis, (SELECT status FROM prev) AS was
 FROM exe LEFT JOIN marketplace_plans p ON p.id = %(plan_id)s
 """
 
@@ -167,6 +171,7 @@ class Started:
 
     attempt: int
     plan: Row | None
+    was: str | None = None  # the job's status before this attempt opened
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,8 @@ def open_attempt(
     row = conn.execute(SQL_OPEN_ATTEMPT, params).fetchone()
     if row is None:
         return None
-    return Started(int(row["attempt"]), row if row["plan_id"] is not None else None)
+    plan = row if row["plan_id"] is not None else None
+    return Started(int(row["attempt"]), plan, row["was"])
 
 
 def create_tasks(

@@ -42,6 +42,13 @@ def parse_uuid(value: str, what: str = "plan id") -> UUID:
         raise InvalidInputError(f"{what} {shown!r} is not a UUID") from None
 
 
+def parse_job_id(value: str) -> str:
+    """`value` as given when it is a UUID (job ids are: one rule and one message for every
+    command and route that takes an id), or InvalidInputError saying it is not one."""
+    parse_uuid(value, "job id")
+    return str(value)
+
+
 def validate_analysis(analysis: Any) -> Analysis:
     """The analysis as a model, or InvalidInputError naming what is wrong with it."""
     try:

@@ -53,9 +53,6 @@ PRIVATE_NAMES: dict[str, str] = {
     "UnixSignalDeathPenalty._timeout": "the seconds the SIGALRM timeout arms the alarm for",
     "rq.serializers.resolve_serializer": "replaced in RQ's modules by a memoised one",
     "rq.utils.str_to_date": "replaced in rq.job by one that parses RQ's format in C",
-    # redis-py's, under RQ's command listener:
-    "PubSubWorkerThread._running": "the listener's run flag: cleared to stop it without "
-    "stop(), which waits out the listener's poll",
 }
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -139,13 +136,6 @@ def subscribe(worker: BaseWorker, poll_s: float) -> None:
     worker.pubsub_thread = worker.pubsub.run_in_thread(  # type: ignore[assignment]
         sleep_time=poll_s, daemon=True, exception_handler=worker._pubsub_exception_handler
     )
-
-
-def stop_listener(thread: Any) -> None:
-    """Stop RQ's command listener thread within a second: redis-py 8's PubSubWorkerThread.stop()
-    joins it without a deadline, and the thread may be waiting out its poll (RQ's is 60 s)."""
-    thread._running.clear()
-    thread.join(timeout=1)
 
 
 def exc_handlers(worker: BaseWorker) -> list[Any]:

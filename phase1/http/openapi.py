@@ -39,7 +39,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
 ERRORS: dict[str, tuple[str, str]] = {
     # status: (component name, description)
     "400": ("BadRequest", "Malformed JSON, a body that is not an object, a missing or unknown "
-            "action, or a plan id that is not a UUID."),
+            "action, or a plan or job id that is not a UUID."),
     "401": ("Unauthorized", "PHASE1_API_TOKEN is set and the request lacks "
             "`Authorization: Bearer <token>`."),
     "404": ("NotFound", "No such plan or job."),
@@ -92,8 +92,8 @@ def document(settings: Settings) -> dict[str, Any]:
         "name": "jobId",
         "in": "path",
         "required": True,
-        "description": "The job id the approval answered.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "description": "The job id the approval answered (a UUID).",
+        "schema": {"type": "string", "format": "uuid"},
     }
     approve: dict[str, Any] = {
         "operationId": "patchPlan",
@@ -129,7 +129,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "parameters": [job_id],
         "responses": {
             "200": {"description": "The job.", "content": _json(_ref(JobView))},
-            **_responses(["404", "503"], auth),
+            **_responses(["400", "404", "503"], auth),
         },
     }
     cancel_job = {

@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 
 from phase1.context import Phase1
 from phase1.domain import plans
-from phase1.errors import NotFoundError, Phase1Error
+from phase1.errors import Phase1Error
 from phase1.http.body import read_action, read_cancel_reason
 from phase1.http.errors import error_body, json_response
 from phase1.http.models import Ready, RejectResult, SyncApprovalResult
@@ -60,14 +60,11 @@ def install(app: Phase1App) -> None:
         return json_response(202, accepted.model_dump_json(), {"Location": url, **NO_STORE})
 
     def get_job(job_id: str) -> bottle.HTTPResponse:
-        if "\x00" in job_id:
-            raise NotFoundError("job not found (the id holds a NUL character)")
-        view = jobs.view(ctx, job_id)
+        view = jobs.view(ctx, plans.parse_job_id(job_id))  # not a UUID: 400, as for plans
         return json_response(200, view.model_dump_json(), NO_STORE)
 
     def cancel_job(job_id: str) -> bottle.HTTPResponse:
-        if "\x00" in job_id:
-            raise NotFoundError("job not found (the id holds a NUL character)")
+        job_id = plans.parse_job_id(job_id)  # not a UUID: 400, the one rule for ids
         reason = read_cancel_reason(bottle.request.environ)
         view = cancel.cancel(ctx, job_id, reason)
         return json_response(200, view.model_dump_json(), NO_STORE)

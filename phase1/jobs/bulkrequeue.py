@@ -59,11 +59,12 @@ def _failed_at(entry: dict[str, object]) -> float:
 
 
 def pending(ctx: Phase1, run: Run) -> list[str]:
-    """The job ids the run still has to requeue, oldest failure first."""
+    """The job ids the run still has to requeue, oldest failure first: Redis's entries and
+    those only PostgreSQL holds (Redis lost them)."""
     queue = ctx.settings.queue
     entries = deadletter.list_entries(
         ctx.redis, queue, limit=max(1, deadletter.size(ctx.redis, queue))
-    )
+    ) + deadletter.lost_entries(ctx)
     chosen = [
         e
         for e in entries

@@ -3,10 +3,15 @@
 One JSON string per job (`phase1:<queue>:dlq:<job id>`) and a sorted set of job ids scored by
 the time they failed. Entries do not expire unless PHASE1_DLQ_RETENTION says so. RQ's own
 FailedJobRegistry holds the same jobs, so `rq info` and rq-dashboard show them too.
+
+PostgreSQL, the system of record, holds every entry too (`phase1.domain.dead_letters`): what
+Redis lost is read from there (`find`, `entries`), requeued from there, and written back to
+Redis by the reconciler (`rebuild`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -21,7 +26,7 @@ from rq.job import Job, JobStatus
 
 from phase1 import keys
 from phase1.context import Phase1
-from phase1.domain import audit
+from phase1.domain import audit, dead_letters
 from phase1.errors import NotFoundError, Phase1Error, UnavailableError
 from phase1.jobs import events
 from phase1.jobs import queue as jobs
@@ -29,7 +34,7 @@ from phase1.settings import redact_url
 from phase1.telemetry import tracing
 
 if TYPE_CHECKING:  # psycopg loads when PostgreSQL is first used, not with this module
-    from phase1.db import Row
+    from phase1.db import Conn, Row
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ def add(redis: Redis, queue: str, entry: dict[str, Any], *, retention: int = 0) 
     job_id = entry["jobId"]
     entry_key = keys.dlq_entry(queue, job_id)
     index = keys.dlq_index(queue)
-    failed_at = datetime.now(UTC)
+    failed_at = _moment(entry.get("failedAt")) or datetime.now(UTC)
     entry = {**entry, "failedAt": failed_at.isoformat().replace("+00:00", "Z")}
     with redis.pipeline(transaction=True) as pipe:
         while True:
@@ -121,6 +126,122 @@ def add(redis: Redis, queue: str, entry: dict[str, Any], *, retention: int = 0) 
                 return True
             except WatchError:
                 continue
+
+
+def _moment(text: Any) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def stamp(entry: dict[str, Any]) -> dict[str, Any]:
+    """`entry` with its `failedAt` (now, unless it has one): the same in Redis and PostgreSQL."""
+    if entry.get("failedAt"):
+        return entry
+    return {**entry, "failedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+
+
+def remember(ctx: Phase1, entry: dict[str, Any]) -> bool:
+    """Write `entry` to PostgreSQL's record of the DLQ; False (logged) when it is down: the
+    Redis entry stands, and the reconciler's settling of the row writes it later."""
+    try:
+        with ctx.transaction() as conn:
+            dead_letters.record(conn, entry)
+    except UnavailableError as exc:
+        log.error("job %s: could not record its DLQ entry in PostgreSQL: %s", entry["jobId"], exc)
+        return False
+    return True
+
+
+def find(ctx: Phase1, job_id: str) -> dict[str, Any] | None:
+    """The DLQ entry of `job_id`: Redis's, else PostgreSQL's record of it, else one made from
+    an execution row that says `failed` (a job dead-lettered before the record existed)."""
+    entry = get(ctx.redis, ctx.settings.queue, job_id)
+    if entry is not None:
+        return entry
+    if _live(ctx, [job_id]):  # back on the queue (a requeue PostgreSQL has not heard of yet)
+        return None
+    settings = ctx.settings
+    with ctx.transaction() as conn:
+        kept = dead_letters.open_entries(
+            conn, settings.queue, retention=settings.dlq_retention, job_id=job_id, limit=1
+        )
+        if kept:
+            return kept[0]
+        row = audit.get(conn, job_id)
+        if row is None or row["status"] != "failed" or row["queue"] != settings.queue:
+            return None
+        history = audit.attempts(conn, job_id)
+    return stamp(
+        make_entry(
+            job_id=job_id,
+            plan_id=str(row["plan_id"]),
+            queue=settings.queue,
+            reason="exception",
+            error_type=str(row["error_type"] or "Error"),
+            message=str(row["error_message"] or "the job failed"),
+            traceback_text=None,
+            payload={"planId": str(row["plan_id"])},
+            history=history,
+        )
+        | {"failedAt": _iso(row["completed_at"] or row["updated_at"])}
+    )
+
+
+def entries(ctx: Phase1, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    """The DLQ's entries, newest first, and how many there are: Redis's, with those only
+    PostgreSQL still holds (Redis lost them)."""
+    settings = ctx.settings
+    in_redis = list_entries(ctx.redis, settings.queue, limit)
+    lost = lost_entries(ctx, limit)
+    merged = sorted(in_redis + lost, key=lambda e: str(e.get("failedAt") or ""), reverse=True)
+    return merged[:limit], size(ctx.redis, settings.queue) + len(lost)
+
+
+def all_job_ids(ctx: Phase1) -> list[str]:
+    """Every dead-lettered job id, newest first: Redis's, then those only PostgreSQL holds."""
+    return job_ids(ctx.redis, ctx.settings.queue) + [e["jobId"] for e in lost_entries(ctx)]
+
+
+def lost_entries(
+    ctx: Phase1, limit: int = 100_000, *, conn: Conn | None = None
+) -> list[dict[str, Any]]:
+    """The entries PostgreSQL holds as dead-lettered and Redis lost, newest first (read on
+    `conn` when the caller is in a transaction: no second pooled connection)."""
+    settings = ctx.settings
+    with contextlib.nullcontext(conn) if conn is not None else ctx.transaction() as used:
+        kept = dead_letters.open_entries(
+            used, settings.queue, retention=settings.dlq_retention, limit=limit
+        )
+    known = set(job_ids(ctx.redis, settings.queue))
+    lost = [e for e in kept if e["jobId"] not in known]
+    live = _live(ctx, [e["jobId"] for e in lost])
+    return [e for e in lost if e["jobId"] not in live]
+
+
+def rebuild(ctx: Phase1, conn: Conn | None = None) -> list[str]:
+    """Write back to Redis the entries PostgreSQL holds and Redis lost; their job ids."""
+    settings = ctx.settings
+    restored = []
+    for entry in lost_entries(ctx, conn=conn):
+        if add(ctx.redis, settings.queue, entry, retention=settings.dlq_retention):
+            restored.append(entry["jobId"])
+    return restored
+
+
+def _live(ctx: Phase1, ids: list[str]) -> set[str]:
+    """Those of `ids` whose RQ job is on its way again (queued, started, scheduled): out of
+    the DLQ, whatever PostgreSQL's record says until the worker that runs it catches up."""
+    if not ids:
+        return set()
+    with ctx.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        answers = pipe.execute()
+    return {i for i, status in zip(ids, answers, strict=True) if status in _LIVE_RAW}
 
 
 def get(redis: Redis, queue: str, job_id: str) -> dict[str, Any] | None:
@@ -214,7 +335,7 @@ def requeue(ctx: Phase1, job_id: str, *, dry_run: bool = False) -> Requeued:
     Raises NotFoundError when the job is not in the DLQ.
     """
     settings = ctx.settings
-    entry = get(ctx.redis, settings.queue, job_id)
+    entry = find(ctx, job_id)
     if entry is None:
         raise NotFoundError(f"job {job_id} is not in the dead-letter queue")
     with ctx.transaction() as conn:
@@ -233,6 +354,14 @@ def requeue(ctx: Phase1, job_id: str, *, dry_run: bool = False) -> Requeued:
     )
     if dry_run:
         return outcome
+    # Redis lost the entry: PostgreSQL's goes back first, so the move stays all or nothing.
+    try:
+        add(ctx.redis, settings.queue, entry, retention=settings.dlq_retention)
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc}; "
+            f"job {job_id} stays in the dead-letter queue"
+        ) from exc
     # Issue 24: the requeue is a span (the root of a new trace from the CLI) linked to the
     # trace that dead-lettered the job; the requeued job's attempts continue the new one.
     with tracing.span(
@@ -252,6 +381,7 @@ def requeue(ctx: Phase1, job_id: str, *, dry_run: bool = False) -> Requeued:
     updated = None
     try:
         with ctx.transaction() as conn:
+            dead_letters.mark_requeued(conn, job_id)
             updated = audit.requeued(
                 conn, job_id, attempts=attempts, fresh_attempts=settings.max_attempts
             )

@@ -19,7 +19,7 @@ from rq.timeouts import JobTimeoutException
 
 from phase1 import context, keys
 from phase1.context import Phase1
-from phase1.domain import audit, phase1_tasks
+from phase1.domain import audit, dead_letters, phase1_tasks
 from phase1.errors import AttemptSuperseded, JobCancelled, PermanentJobError, UnavailableError
 from phase1.jobs import attempt_trace, deadletter, events, lockwatch
 from phase1.jobs.heartbeat import heartbeating
@@ -98,6 +98,8 @@ def _work(ctx: Phase1, job: Job, payload: JobPayload, span: Any) -> dict[str, An
         log.info("job %s already completed; a repeated run changes nothing", job.id)
         return dict(row["result"] or {})
 
+    if started.was == "failed":  # sent back from the DLQ by RQ's tools, not phase1's
+        requeued_elsewhere(ctx, job, started.attempt)
     # `job:active` goes out with the outcome when that comes within ACTIVE_LAG (one round
     # trip fewer for a quick job), on its own after ACTIVE_LAG otherwise.
     attempt = started.attempt
@@ -368,9 +370,7 @@ def record_failure(
         dead_lettered = False
         if final:
             history = failed.history if failed is not None else []
-            dead_lettered = deadletter.add(
-                connection,
-                settings.queue,
+            entry = deadletter.stamp(
                 tracing.traced(
                     deadletter.make_entry(
                         job_id=job.id,
@@ -383,9 +383,13 @@ def record_failure(
                         payload=_payload_of(job),
                         history=history,
                     )
-                ),
-                retention=settings.dlq_retention,
+                )
             )
+            dead_lettered = deadletter.add(
+                connection, settings.queue, entry, retention=settings.dlq_retention
+            )
+            if dead_lettered and audit_error is None:  # PostgreSQL's record of it too
+                deadletter.remember(ctx, entry)
             if attempt is None and history:
                 attempt = int(history[-1]["attempt"])
         recorded = (failed is not None and failed.attempt is not None) or dead_lettered
@@ -432,3 +436,33 @@ def superseded_here(job: Job, note: str) -> bool | None:
         note,
     )
     return True
+
+
+def requeued_elsewhere(ctx: Phase1, job: Job, attempt: int) -> None:
+    """Bookkeeping for a dead-lettered job that RQ's own tools sent back (rq-dashboard's
+    Requeue, `rq requeue`, `Job.requeue()`), seen as its next attempt opens: as with
+    `phase1 dlq requeue`, its entry leaves the DLQ, its retry budget starts afresh and
+    `job:requeued` is recorded. (Also right after an interrupted `phase1 dlq requeue`: the
+    entry is gone then, and only PostgreSQL is brought up to date.)"""
+    settings = ctx.settings
+    name = settings.queue
+    job.retries_left = settings.max_retries  # the worker decides this attempt's retry on it
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.dlq_entry(name, job.id))
+        pipe.zrem(keys.dlq_index(name), job.id)
+        pipe.hset(job.key, "retries_left", settings.max_retries)
+        removed = bool(pipe.execute()[0])
+    with ctx.transaction() as conn:
+        dead_letters.mark_requeued(conn, job.id)
+        audit.restart_budget(conn, job.id, settings.max_retries)
+    if not removed:
+        return
+    log.warning(
+        "job %s was sent back from the dead-letter queue by RQ's own tools; its entry is "
+        "removed and its retry budget restarted, as `phase1 dlq requeue` would",
+        job.id,
+    )
+    plan_id = (job.meta or {}).get("planId")
+    data = {"queue": name, "freshAttempts": settings.max_attempts, "by": "rq"}
+    event = events.make(events.REQUEUED, job.id, str(plan_id), (attempt - 1) or None, data)
+    events.emit(ctx.redis, settings, event)

@@ -270,6 +270,20 @@ def _active(
 def _dlq(ctx: Phase1) -> Dlq:
     queue = ctx.settings.queue
     first: Any = ctx.redis.zrange(keys.dlq_index(queue), 0, 0, withscores=True)
+    # Entries Redis lost count too (PostgreSQL holds them; the reconciler writes them back).
+    lost = deadletter.lost_entries(ctx)
+    if not first and lost:
+        entry = lost[-1]  # the oldest
+        return Dlq(
+            size=len(lost),
+            oldest=DlqOldest(
+                jobId=entry["jobId"],
+                planId=entry.get("planId"),
+                reason=entry.get("reason"),
+                failedAt=datetime.fromisoformat(str(entry["failedAt"]).replace("Z", "+00:00")),
+                error=f"{entry.get('errorType')}: {entry.get('message')}",
+            ),
+        )
     if not first:
         return Dlq(size=0, oldest=None)
     raw_id, score = first[0]
@@ -283,7 +297,7 @@ def _dlq(ctx: Phase1) -> Dlq:
         failedAt=datetime.fromtimestamp(float(score), UTC),
         error=f"{entry.get('errorType')}: {message}" if entry.get("errorType") else message,
     )
-    return Dlq(size=deadletter.size(ctx.redis, queue), oldest=oldest)
+    return Dlq(size=deadletter.size(ctx.redis, queue) + len(lost), oldest=oldest)
 
 
 def _workers(ctx: Phase1) -> list[WorkerInfo]:

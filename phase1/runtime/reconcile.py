@@ -13,6 +13,9 @@ while PostgreSQL was down left its row live. The row would say `pending` or `act
 the reconciler records the failure (the dead-letter entry and the `job:failed` event too, when
 phase1 had not sent them).
 
+PostgreSQL holds the dead-letter queue's entries too; the reconciler writes back to Redis those
+Redis lost, so `rq info`, `phase1 info` and the DLQ's index agree again.
+
 Safe with many reconcilers at once: a transaction-scoped PostgreSQL advisory lock lets one run
 per queue at a time, and `phase1.jobs.queue.enqueue` uses RQ's atomic unique enqueue, so even a
 reconciler racing an approval's own enqueue cannot queue a job twice.
@@ -32,7 +35,7 @@ from rq.job import Job
 
 from phase1 import keys
 from phase1.context import Phase1
-from phase1.domain import audit
+from phase1.domain import audit, dead_letters
 from phase1.errors import UnavailableError
 from phase1.jobs import deadletter, events, phase1_job
 from phase1.jobs import queue as jobs
@@ -81,6 +84,7 @@ class Reconciliation:
     checked: int = 0
     requeued: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # DLQ entries written back to Redis
     locked_out: bool = False
     seconds: float = 0.0
 
@@ -92,6 +96,8 @@ class Reconciliation:
             "jobIds": self.requeued,
             "settled": len(self.settled),
             "settledJobIds": self.settled,
+            "restored": len(self.restored),
+            "restoredJobIds": self.restored,
             "lockedOut": self.locked_out,
             "seconds": round(self.seconds, 3),
         }
@@ -152,11 +158,18 @@ def reconcile(
                 progress(outcome)
             if len(rows) < BATCH:
                 break
+        outcome.restored = _rebuild_dlq(ctx, conn)
     outcome.seconds = time.monotonic() - started
     if outcome.requeued:
         log.warning(
             "reconciler: re-enqueued %d job(s) on %s that PostgreSQL holds and Redis lost",
             len(outcome.requeued),
+            settings.queue,
+        )
+    if outcome.restored:
+        log.warning(
+            "reconciler: wrote back %d dead-letter entr(ies) on %s that Redis lost",
+            len(outcome.restored),
             settings.queue,
         )
     if outcome.settled:
@@ -192,6 +205,15 @@ def _in_redis(ctx: Phase1, rows: list[dict[str, Any]]) -> list[tuple[dict[str, A
     ]
 
 
+def _rebuild_dlq(ctx: Phase1, conn: Conn) -> list[str]:
+    try:
+        return deadletter.rebuild(ctx, conn)
+    except RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
+        ) from exc
+
+
 def _settle(ctx: Phase1, job_id: str, rq_status: str) -> bool:
     """Record the failure of a live row's job that RQ has ended; whether it was recorded."""
     entry = deadletter.get(ctx.redis, ctx.settings.queue, job_id)
@@ -209,6 +231,7 @@ def _settle(ctx: Phase1, job_id: str, rq_status: str) -> bool:
                 error_message=str(entry.get("message") or ""),
                 next_retry_at=None,
             )
+            dead_letters.record(conn, entry)  # PostgreSQL was down when Redis got it
         return failed is not None and failed.status == "failed"
     try:
         job = Job.fetch(job_id, connection=ctx.redis, serializer=ctx.queue().serializer)

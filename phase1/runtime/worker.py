@@ -107,6 +107,15 @@ def _install_fork_hook() -> None:
         _fork_hook_installed = True
 
 
+def _stop_flag(thread: Any) -> None:
+    """Tell redis-py's pubsub worker thread to end, without waiting for it: redis-py 8's
+    `stop(timeout)` joins (unbounded by default), earlier ones only clear the flag."""
+    try:
+        thread.stop(timeout=0)
+    except TypeError:  # redis-py < 8: stop() takes no timeout and does not join
+        thread.stop()
+
+
 @rqcompat.intercepts_failure
 class _Phase1Base(PutsBackLeftBehind):
     """What both phase1 worker classes add to RQ's: JSON, the bounded shutdown, Redis outages."""
@@ -181,11 +190,14 @@ class _Phase1Base(PutsBackLeftBehind):
         except RedisError as exc:
             self.log.warning("Worker %s: could not register its death: %s", self.name, exc)
         if self.pubsub_thread:
+            # RQ's pubsub thread reads with a 60 s timeout, and once unsubscribed it waits up
+            # to 60 s for a subscription; redis-py 8's stop() joins it without a bound, so a
+            # stopping worker hung up to a minute after its loop ended. Its flag goes first
+            # (no wait), then the unsubscribe reply wakes its read and it ends at once.
+            _stop_flag(self.pubsub_thread)
             with contextlib.suppress(RedisError):
                 self.pubsub.unsubscribe()
-            # Not stop(): redis-py 8's stop() joins without a deadline, and the listener may be
-            # waiting out RQ's 60 s poll (rqcompat.stop_listener).
-            rqcompat.stop_listener(self.pubsub_thread)
+            self.pubsub_thread.join(timeout=1)  # a daemon: one still waiting never holds exit
             with contextlib.suppress(RedisError):
                 self.pubsub.close()
             self.pubsub_thread = None

@@ -52,11 +52,11 @@ def test_enqueue_burst_worker_and_status(settings: Settings) -> None:
 
 
 def test_unknown_job_is_exit_1_with_one_line(settings: Settings) -> None:
-    result = run(settings, "status", "no-such-job")
+    result = run(settings, "status", "00000000-0000-4000-8000-000000000000")
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip().count("\n") == 0
-    assert "no-such-job not found" in result.stderr
+    assert "00000000-0000-4000-8000-000000000000 not found" in result.stderr
 
 
 def test_bad_plan_id_is_exit_2(settings: Settings) -> None:
@@ -68,7 +68,7 @@ def test_bad_plan_id_is_exit_2(settings: Settings) -> None:
 
 def test_unreachable_postgres_names_the_url_and_setting(settings: Settings) -> None:
     broken = settings.model_copy(update={"database_url": "postgresql://u:pw@127.0.0.1:1/x"})
-    result = run(broken, "status", "some-job")
+    result = run(broken, "status", "00000000-0000-4000-8000-000000000000")
     assert result.returncode == 1
     assert "127.0.0.1:1" in result.stderr and "pw" not in result.stderr
     assert "DATABASE_URL" in result.stderr

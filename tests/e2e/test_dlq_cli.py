@@ -71,10 +71,12 @@ def test_list_inspect_and_requeue_dead_lettered_jobs(settings: Settings, ctx: Ph
     assert shown.returncode == 0
     assert "attempts" in shown.stdout and "invalid analysis" in shown.stdout
 
-    missing = phase1(settings, "dlq", "inspect", "no-such-job")
+    missing = phase1(settings, "dlq", "inspect", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.strip().count("\n") == 0
-    one_error_line(missing, "job no-such-job is not in the dead-letter queue")
+    one_error_line(
+        missing, "job 00000000-0000-4000-8000-000000000000 is not in the dead-letter queue"
+    )
 
     dry = phase1(settings, "dlq", "requeue", "--all", "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -83,18 +85,21 @@ def test_list_inspect_and_requeue_dead_lettered_jobs(settings: Settings, ctx: Ph
     assert deadletter.size(ctx.redis, settings.queue) == 2
 
     set_analysis(settings, plan_ids[0], SAMPLE_ANALYSIS)  # the operator fixes the first plan
-    some = phase1(settings, "dlq", "requeue", first, "no-such-job")
+    some = phase1(settings, "dlq", "requeue", first, "00000000-0000-4000-8000-000000000000")
     assert some.returncode == 1
     assert some.stdout.split() == [first]  # the good id still moved
-    one_error_line(some, "job no-such-job is not in the dead-letter queue")
+    one_error_line(some, "job 00000000-0000-4000-8000-000000000000 is not in the dead-letter queue")
     assert "sent back 1 job(s)" in some.stderr and "1 not in the dead-letter queue" in some.stderr
     assert deadletter.job_ids(ctx.redis, settings.queue) == [second]
     view = jobs.view(ctx, first)
     assert view.status == "pending" and view.maxAttempts == 1 + settings.max_attempts
 
-    alone = phase1(settings, "dlq", "requeue", "no-such-job")
+    alone = phase1(settings, "dlq", "requeue", "00000000-0000-4000-8000-000000000000")
     assert alone.returncode == 1 and alone.stdout == ""
-    assert alone.stderr.strip() == "error: job no-such-job is not in the dead-letter queue"
+    assert (
+        alone.stderr.strip()
+        == "error: job 00000000-0000-4000-8000-000000000000 is not in the dead-letter queue"
+    )
 
     usage = phase1(settings, "dlq", "requeue")
     assert usage.returncode == 2

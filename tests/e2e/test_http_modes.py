@@ -35,13 +35,15 @@ def test_api_token_is_required_on_api_routes(
         message = answer.assert_error(401, "unauthorized")
         assert token not in message
         assert answer.header("www-authenticate") == 'Bearer realm="phase1"'
-        api.job("some-job", headers=headers).assert_error(401, "unauthorized")
+        api.job("00000000-0000-4000-8000-000000000000", headers=headers).assert_error(
+            401, "unauthorized"
+        )
         api.request("GET", "/api/nope", headers=headers).assert_error(401)
     assert executions_of(settings.database_url or "", plan_id) == 0
 
     authorized = Api(api.port, token=token)
     assert authorized.approve(plan_id).status == 202
-    authorized.job("some-job").assert_error(404)
+    authorized.job("00000000-0000-4000-8000-000000000000").assert_error(404)
     # Operational routes stay open for probes and scrapers.
     assert api.request("GET", "/healthz").status == 200
     assert api.request("GET", "/readyz").status == 200

@@ -67,7 +67,7 @@ def test_redis_unreachable_is_503_and_nothing_is_written(
     assert metrics.status == 200
     assert b'phase1_dependency_up{dependency="redis"} 0.0' in metrics.body
     # Reading a job needs PostgreSQL only.
-    api.job("no-such-job").assert_error(404)
+    api.job("00000000-0000-4000-8000-000000000000").assert_error(404)
 
 
 def test_redis_hanging_then_stopped(
@@ -112,7 +112,7 @@ def test_postgres_down_is_503(
         plan_id = make_plan(ctx)  # in the real database, which the server cannot reach
         with ThreadPoolExecutor(3) as pool:  # at once: each waits out the pool's timeout
             approving = pool.submit(assert_unavailable, api, plan_id)
-            polled = pool.submit(api.job, "some-job", timeout=15)
+            polled = pool.submit(api.job, "00000000-0000-4000-8000-000000000000", timeout=15)
             readying = pool.submit(api.request, "GET", "/readyz", timeout=15)
             approving.result()
             job, ready = polled.result(), readying.result()

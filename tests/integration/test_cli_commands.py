@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import Result
 from support import JOB_VIEW_KEYS, Processes, inject_fault, settings_env, wait_until
 from typer.testing import CliRunner
@@ -177,10 +178,36 @@ def test_watch_gives_up_after_its_timeout(settings: Settings, ctx: Phase1) -> No
     assert f"job {job_id} is still pending after 0.3s" in result.stderr
 
 
+NO_SUCH_JOB = "00000000-0000-4000-8000-000000000000"
+
+
 def test_unknown_job_is_exit_1(settings: Settings, ctx: Phase1) -> None:
-    result = cli(settings, "status", "no-such-job", "--watch")
+    result = cli(settings, "status", NO_SUCH_JOB, "--watch")
     assert result.exit_code == 1
-    assert result.stderr == "error: job no-such-job not found\n"
+    assert result.stderr == f"error: job {NO_SUCH_JOB} not found\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "not-a-uuid"],
+        ["status", "not-a-uuid", "--watch"],
+        ["enqueue", "not-a-uuid"],
+        ["plans", "show", "not-a-uuid"],
+        ["dlq", "inspect", "not-a-uuid"],
+        ["dlq", "requeue", NO_SUCH_JOB, "not-a-uuid"],
+        ["events", "--job", "not-a-uuid"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_every_command_taking_an_id_says_the_same_of_one_that_is_not_a_uuid(
+    settings: Settings, args: list[str]
+) -> None:
+    result = cli(settings, *args)
+    assert result.exit_code == 2, result.output
+    what = "plan id" if args[0] in ("enqueue", "plans") else "job id"
+    assert result.stderr == f"error: {what} 'not-a-uuid' is not a UUID\n"
+    assert result.stdout == ""
 
 
 def test_plans_show_and_migrate(settings: Settings, ctx: Phase1) -> None:

@@ -156,3 +156,49 @@ def test_start_postgres_creates_phase1_and_stop_stops_it(
     with psycopg.connect(url, connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert embedded.stop(home) == ["postgres"]
+
+
+def test_embedded_redis_keeps_its_data_and_its_port_across_a_stop(home: Path) -> None:
+    """AOF with fsync every second, and the port kept in PHASE1_HOME: a stop (or a reboot)
+    loses neither the DLQ nor the URL printed before it."""
+    url = embedded.start_redis(home)
+    client = redis.Redis.from_url(url)
+    client.set("phase1:test:kept", "yes")
+    client.zadd("phase1:test:dlq", {"job": 1.0})
+    # The append-only file holds the writes once fsynced (every second).
+    aof = home / "redis" / "appendonly.aof"
+    deadline = time.monotonic() + 10
+    while b"phase1:test:dlq" not in (aof.read_bytes() if aof.exists() else b""):
+        assert time.monotonic() < deadline, "the writes never reached the append-only file"
+        time.sleep(0.05)
+    client.close()
+    assert embedded.stop(home) == ["redis"]
+
+    assert embedded.start_redis(home) == url
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.get("phase1:test:kept") == b"yes"
+        assert client.zscore("phase1:test:dlq", "job") == 1.0
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    finally:
+        client.close()
+
+
+def test_embedded_redis_takes_another_port_when_its_own_is_taken(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    url = embedded.start_redis(home)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    embedded.stop(home)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with caplog.at_level("WARNING", logger="phase1.embedded"):
+            moved = embedded.start_redis(home)
+    assert moved != url and ping(moved)
+    assert f"port {port} of the embedded Redis is taken by another program" in caplog.text
+    embedded.stop(home)
+    assert embedded.start_redis(home) == moved  # the new port is the one kept from now on

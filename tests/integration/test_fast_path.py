@@ -123,8 +123,8 @@ def test_staged_writes_keep_their_order(ctx: Phase1) -> None:
         assert success_writes.after_success(*push("a"))
         assert success_writes.after_success(*push("b"), within=0.05)
         assert success_writes.after_success(*push("c"))
-        time.sleep(0.3)
-        assert ctx.redis.lrange(key, 0, -1) == [b"a", b"b"]
+        # b's timer sends a and b (staged before it), not c.
+        wait_until(lambda: ctx.redis.lrange(key, 0, -1) == [b"a", b"b"], what="b's timer")
         assert success_writes.after_success(*push("d"), within=0.05)
         taken = stage.take()  # as the success transaction takes them
         time.sleep(0.3)
@@ -170,7 +170,7 @@ def test_a_stopping_worker_puts_the_job_it_took_next_back(
     jobs = 10_000
     enqueue(jobs)
     worker = processes.worker(ctx.settings)
-    wait_until(lambda: _rq_state(ctx)[0] >= 200, timeout=30, what="200 jobs done")
+    wait_until(lambda: _rq_state(ctx)[0] >= 200, timeout=60, what="200 jobs done")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     finished, queued, intermediate, started = _rq_state(ctx)
@@ -185,17 +185,48 @@ def test_a_stopping_worker_puts_the_job_it_took_next_back(
     enqueue(30_000)
     jobs += 30_000
     worker = processes.worker(ctx.settings)
-    wait_until(lambda: _rq_state(ctx)[0] >= finished + 200, timeout=30, what="more done")
+    wait_until(lambda: _rq_state(ctx)[0] >= finished + 200, timeout=60, what="more done")
     suspend(ctx.redis)
     try:
-        time.sleep(2.5)  # the worker checks at most once a second
+        # The worker says so once it has seen the suspension (it looks once a second).
+        wait_until(lambda: _worker_states(ctx) == ["suspended"], timeout=60, what="suspended")
         finished, queued, intermediate, started = _rq_state(ctx)
         assert queued > 0 and (finished + queued, intermediate, started) == (jobs, 0, 0)
     finally:
         resume(ctx.redis)
-    wait_until(lambda: _rq_state(ctx)[0] == jobs, timeout=60, what="all done")
+    wait_until(lambda: _rq_state(ctx)[0] == jobs, timeout=240, what="all done")
+    # Idle now, in the blocking dequeue: a stop must not wait there for a job.
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+def test_a_worker_stopped_while_it_waits_for_a_job_exits_at_once(
+    ctx: Phase1, processes: Processes
+) -> None:
+    """An idle worker blocked in its dequeue exits on the first SIGTERM, within the test's
+    bound (its teardown once waited up to a minute on RQ's pubsub thread)."""
+    queue = ctx.queue()
+    for round_ in range(3):
+        worker = processes.worker(ctx.settings)
+        with ctx.redis.pipeline() as pipe:
+            for _ in range(300):
+                queue.enqueue("bench.jobs.noop", result_ttl=600, pipeline=pipe)
+            pipe.execute()
+        done = 300 * (round_ + 1)
+
+        def all_done(done: int = done) -> bool:
+            return _rq_state(ctx)[:2] == (done, 0)
+
+        wait_until(all_done, timeout=120, what=f"{done} jobs done")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+
+def _worker_states(ctx: Phase1) -> list[str]:
+    from rq.worker import Worker
+
+    states = [w.get_state() for w in Worker.all(queue=ctx.queue())]
+    return [str(getattr(state, "value", state)) for state in states]
 
 
 def _socket_inodes(pid: int) -> set[str]:

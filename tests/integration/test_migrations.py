@@ -15,7 +15,13 @@ from phase1 import db
 
 OPS = "0100_ops_cancel_and_lock_diagnostics"
 # Every migration, in the order `phase1 migrate` applies them to an empty database.
-APPLIED = ["0001_initial", "0002_superseded_attempts", "0003_console_indexes", OPS]
+APPLIED = [
+    "0001_initial",
+    "0002_superseded_attempts",
+    "0003_console_indexes",
+    OPS,
+    "0200_dead_letters",
+]
 EXPECTED_COLUMNS = {
     "marketplace_job_executions": {
         # The story's columns, exactly.
@@ -69,6 +75,19 @@ EXPECTED_COLUMNS = {
         "error_type": ("character varying", "YES", 255),
         "error_message": ("text", "YES", None),
     },
+    "marketplace_dead_letters": {
+        "job_id": ("character varying", "NO", 255),
+        "plan_id": ("uuid", "YES", None),
+        "queue": ("character varying", "NO", 255),
+        "reason": ("character varying", "NO", 50),
+        "error_type": ("text", "YES", None),
+        "error_message": ("text", "YES", None),
+        "traceback": ("text", "YES", None),
+        "payload": ("jsonb", "YES", None),
+        "entry": ("jsonb", "NO", None),
+        "failed_at": ("timestamp with time zone", "NO", None),
+        "requeued_at": ("timestamp with time zone", "YES", None),
+    },
 }
 
 EXPECTED_INDEXES = {
@@ -81,6 +100,7 @@ EXPECTED_INDEXES = {
     "uq_job_executions_plan",
     "uq_task_key_per_plan",
     "marketplace_job_executions_job_id_key",
+    "idx_dead_letters_open",
 }
 
 

@@ -69,7 +69,10 @@ def test_redis_password_forms_never_shown(
     plan_id = make_plan(ctx)
     assert_unavailable_body(api, lambda: api.approve(plan_id, timeout=15), "Redis")
     bodies = [api.request("GET", path, timeout=15).body for path in ("/readyz", "/metrics")]
-    cli = [run_cli(settings, command) for command in (["info"], ["status", "no-such-job"])]
+    cli = [
+        run_cli(settings, command)
+        for command in (["info"], ["status", "00000000-0000-4000-8000-000000000000"])
+    ]
     processes.stop_all()
     log = processes.log(0)
     assert "phase1: serving" in log and "answering 503" in log  # the places were reached
@@ -83,9 +86,14 @@ def test_postgres_password_forms_never_shown(
     url = postgres_forms(database_url, port=CLOSED)[form]
     settings = make_settings(database_url=url)
     api = start_server(processes, settings)
-    assert_unavailable_body(api, lambda: api.job("some-job", timeout=15), "PostgreSQL")
+    assert_unavailable_body(
+        api, lambda: api.job("00000000-0000-4000-8000-000000000000", timeout=15), "PostgreSQL"
+    )
     bodies = [api.request("GET", path, timeout=15).body for path in ("/readyz", "/metrics")]
-    cli = [run_cli(settings, command) for command in (["info"], ["status", "no-such-job"])]
+    cli = [
+        run_cli(settings, command)
+        for command in (["info"], ["status", "00000000-0000-4000-8000-000000000000"])
+    ]
     processes.stop_all()
     log = processes.log(0)
     assert "phase1: serving" in log and "answering 503" in log
@@ -98,7 +106,7 @@ def test_a_working_postgres_form_is_not_shown_either(
 ) -> None:
     settings = make_settings(database_url=postgres_forms(database_url)[form])
     api = start_server(processes, settings)
-    api.job("no-such-job").assert_error(404)
+    api.job("00000000-0000-4000-8000-000000000000").assert_error(404)
     ready = api.request("GET", "/readyz")
     assert ready.status == 200, ready.body
     cli = run_cli(settings, ["info"])

@@ -106,7 +106,7 @@ MALFORMED_REDIS_URLS = [
 )
 def test_a_malformed_redis_url_is_refused_in_one_line(settings: Settings, url: str) -> None:
     env = {**settings_env(settings), "REDIS_URL": url}
-    for command in (["serve", "--port", "0"], ["status", "some-job"]):
+    for command in (["serve", "--port", "0"], ["status", "00000000-0000-4000-8000-000000000000"]):
         done = subprocess.run(
             [PHASE1, *command], env=env, capture_output=True, text=True, timeout=60
         )

@@ -62,6 +62,12 @@ def test_every_command_has_a_summary_and_an_example(path: str, command: Any) -> 
     summary = text.splitlines()[0] if text else ""
     assert summary and len(summary) <= 100, f"{path}: one-line summary"
     assert "\nExample: phase1 " in text or "\nExample: " in text, f"{path}: an Example: line"
+    # The first paragraph is what `phase1 --help` lists: one line, or the list shows the
+    # docstring's own line breaks in the middle of the table.
+    first_paragraph = text.split("\n\n")[0]
+    assert "\n" not in first_paragraph, f"{path}: the summary paragraph is one line"
+    # An Example: line has a blank line before it, or it runs into the paragraph above.
+    assert "\n\nExample: " in text, f"{path}: a blank line before Example:"
 
 
 def test_the_commands_operators_need_are_there() -> None:

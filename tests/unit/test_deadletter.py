@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 import fakeredis
@@ -204,13 +205,24 @@ def test_a_database_timeout_behind_a_wrapper_is_a_timeout() -> None:
 def test_a_job_beats_while_it_runs_and_its_last_beat_stays(redis: fakeredis.FakeRedis) -> None:
     """The first beat comes after one interval (until then, the execution RQ created when it
     started the job is its sign of life), then every interval."""
+
+    def beat() -> float | None:
+        return redis.zscore(keys.heartbeats(QUEUE), "j1")
+
+    def when(predicate: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + 10
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     with heartbeat.beating(redis, QUEUE, "j1", interval=0.05):
-        assert redis.zscore(keys.heartbeats(QUEUE), "j1") is None
-        time.sleep(0.12)
-        first = redis.zscore(keys.heartbeats(QUEUE), "j1")
-        time.sleep(0.12)
-        later = redis.zscore(keys.heartbeats(QUEUE), "j1")
-    assert first is not None and later is not None and later > first
+        assert beat() is None
+        assert when(lambda: beat() is not None), "a first beat"
+        first = beat()
+        assert first is not None
+        assert when(lambda: (beat() or 0.0) > first), "a later beat"
     assert redis.zscore(keys.heartbeats(QUEUE), "j1") is not None
 
 

@@ -14,7 +14,6 @@ import rq.serializers
 import rq.timeouts
 import rq.utils
 import rq.worker
-from redis.client import PubSubWorkerThread
 
 from phase1.engine import rqcompat
 
@@ -25,7 +24,6 @@ OWNERS = {
     "UnixSignalDeathPenalty": rq.timeouts.UnixSignalDeathPenalty,
     "rq.serializers": rq.serializers,
     "rq.utils": rq.utils,
-    "PubSubWorkerThread": PubSubWorkerThread,
 }
 
 

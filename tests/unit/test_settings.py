@@ -89,7 +89,7 @@ def test_bad_value_names_the_variable(
 
 def test_cli_stops_on_a_bad_setting_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHASE1_MAX_RETRIES", "-1")
-    result = CliRunner().invoke(app, ["status", "some-job"])
+    result = CliRunner().invoke(app, ["status", "00000000-0000-4000-8000-000000000000"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
