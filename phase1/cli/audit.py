@@ -35,8 +35,9 @@ def audit(
         False, "--fix", help="Mend what can be mended (via the reconciler) and say what it did."
     ),
 ) -> None:
-    """Check the record and the queue against each other; each violation with its id and the
-    command that mends it. Exit 0 when clean, 1 otherwise.
+    """Check PostgreSQL, Redis and the tasks against each other (exit 1 on a violation).
+
+    Each violation comes with its id and the command that mends it. Exit 0 when clean.
 
     Checks: every approved plan has exactly one execution; every completed execution has its
     analysis's tasks; no job is pending, active or retrying beyond its bounds; no RQ job or

@@ -39,8 +39,9 @@ def pause(
     ctx: typer.Context,
     queue: str | None = typer.Argument(None, help="The queue (default PHASE1_QUEUE)."),
 ) -> None:
-    """Pause a queue: phase1 workers take none of its jobs (within a second) and finish the
-    ones they hold. Approvals still answer 202; their jobs wait on the queue.
+    """Pause a queue: phase1 workers stop taking its jobs within a second.
+
+    They finish the ones they hold. Approvals still answer 202; their jobs wait on the queue.
 
     Plain `rq worker`s do not know of it (RQ's `rq suspend` stops every queue of them).
 

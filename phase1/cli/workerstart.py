@@ -75,7 +75,7 @@ def start_worker(st: State, args: WorkerArgs, *, supervised: bool = False) -> in
     if args.processes > 1:
         import phase1.db  # noqa: F401 -- every worker forked from here has psycopg loaded
         from phase1.runtime.startup_checks import run_startup_checks
-        from phase1.runtime.worker import supervise
+        from phase1.runtime.supervisor import supervise
 
         # Resolves the embedded default once, before the children start; checks run once.
         run_startup_checks(st.connect(), expect_scheduler=False)
@@ -89,7 +89,7 @@ def start_worker(st: State, args: WorkerArgs, *, supervised: bool = False) -> in
             shutdown_timeout=st.settings.shutdown_timeout,
             run_child=run_supervised,
         )
-    from phase1.runtime.worker import run
+    from phase1.runtime.process import run
 
     if not args.fork:
         tracing.batch_across_jobs()  # issue 24: jobs run in this process; export in batches

@@ -1,21 +1,19 @@
-"""Worker processes: RQ workers on phase1's queues, always with a scheduler, with a bounded
-graceful shutdown (phase1.runtime.shutdown), a work loop that outlives Redis outages, and periodic
-maintenance (maintenance.py: the reconciler, and any task added in `maintenance_tasks`)."""
+"""phase1's worker classes on RQ: the fast in-process one (on phase1.engine's FastWorker) and
+the forking one, with JSON jobs, a bounded graceful shutdown (shutdown.py), a work loop that
+outlives Redis outages, cancel and pause, and a cut-off worker that defers to the one that took
+its job over (cutoff.py). `phase1 worker` starts them through process.py."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import sys
 import time
 from datetime import timedelta
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
 from rq.defaults import DEFAULT_WORKER_TTL
@@ -25,25 +23,20 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from phase1 import appname, keys
-from phase1.context import Phase1, install_worker_context, redis_client, redis_pools
+from phase1.context import redis_pools
 from phase1.engine import rqcompat
 from phase1.engine.leftbehind import PutsBackLeftBehind
 from phase1.engine.worker import FastWorker
-from phase1.errors import JobCancelled, UnavailableError
-from phase1.jobs import cancel, phase1_job
-from phase1.runtime import reconcile, shutdown, sweep
-from phase1.runtime.maintenance import Maintenance
+from phase1.errors import JobCancelled
+from phase1.jobs import cancel
+from phase1.runtime import cutoff, forks, shutdown, sweep
 from phase1.runtime.pausing import PausedQueues
-from phase1.runtime.startup_checks import run_startup_checks
-from phase1.runtime.supervisor import supervise
-from phase1.settings import redact_url
 
 if TYPE_CHECKING:
     from rq.executions import Execution
     from rq.queue import Queue
 
-__all__ = ["Phase1ForkingWorker", "Phase1Worker", "run", "supervise"]
+__all__ = ["Phase1ForkingWorker", "Phase1Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +48,6 @@ WORKER_TTL = 20
 HORSE_KILL_GRACE = 5.0  # after interrupting a work horse, before SIGKILL
 HARD_EXIT_GRACE = 10.0  # after interrupting an in-process job that ignores it, before exiting
 MAX_BACKOFF = 30.0
-# How long a worker cut off from Redis and PostgreSQL with a failed attempt in hand waits for
-# the network before it handles the failure as usual (see _Phase1Base._superseded).
-CUT_OFF_WAIT = 600.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Abandoned-job detection (RQ's StartedJobRegistry cleanup, run in worker maintenance) sees a
 # job once its execution's heartbeat TTL has passed; see get_heartbeat_ttl below.
 DEFAULT_JOB_TIMEOUT = 180  # RQ's Queue.DEFAULT_TIMEOUT
@@ -67,44 +56,6 @@ HEARTBEAT_MARGIN = 10
 JOB_MONITORING_INTERVAL = 5
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
-
-
-_forking_horse = False
-_fork_hook_installed = False
-
-
-def _die_with_parent() -> None:
-    """In a child the worker forks (RQ's scheduler), ask Linux for SIGTERM when the worker
-    dies: an orphaned scheduler would keep the worker's inherited PostgreSQL sockets open, so
-    a killed worker's open transaction would hold its locks until the server's idle timeout.
-    Work horses are left out: one whose worker was killed still finishes its job."""
-    if _forking_horse or not sys.platform.startswith("linux"):
-        return
-    _close_inherited_redis_sockets()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _close_inherited_redis_sockets() -> None:
-    """Close (in this child only: redis-py shuts a socket down only in the process that
-    opened it) the worker's Redis sockets. While a copy stays open, Redis does not see a
-    killed worker go: it would serve the dead worker's blocking dequeue a job that then
-    reaches nobody. The child's clients open connections of their own."""
-    for pool in list(redis_pools):
-        connections = [
-            *getattr(pool, "_available_connections", []),
-            *getattr(pool, "_in_use_connections", []),
-        ]
-        for connection in connections:
-            with contextlib.suppress(Exception):
-                connection.disconnect()
-
-
-def _install_fork_hook() -> None:
-    global _fork_hook_installed
-    if not _fork_hook_installed:
-        os.register_at_fork(after_in_child=_die_with_parent)
-        _fork_hook_installed = True
 
 
 def _stop_flag(thread: Any) -> None:
@@ -141,7 +92,7 @@ class _Phase1Base(PutsBackLeftBehind):
 
             self.shutdown_timeout = for_worker_process().settings.shutdown_timeout
         shutdown.install_interrupt_handler()
-        _install_fork_hook()
+        forks.install_fork_hook()
         worked, backoff = False, 1.0
         while True:
             started = time.monotonic()
@@ -283,35 +234,7 @@ class _Phase1Base(PutsBackLeftBehind):
             return None
         error = f"{exc_info[0].__name__ if exc_info[0] else 'Error'}: {exc_info[1]}"
         note = f"worker {self.name} on {self.hostname} came back ({error[:500]})"
-        return None if self._superseded(job, note) else exc_info
-
-    def _superseded(self, job: Job, note: str) -> bool:
-        """Whether the job's attempt here was taken over (phase1.job.superseded_here). Cut off
-        from both PostgreSQL and Redis, nothing this worker could write would get through, and
-        once the network is back the answer decides what it may write: it waits to know (up to
-        CUT_OFF_WAIT). PostgreSQL alone down is an outage, not a partition: the usual path."""
-        deadline = time.monotonic() + CUT_OFF_WAIT
-        backoff = 1.0
-        while True:
-            verdict = phase1_job.superseded_here(job, note)
-            if verdict is not None:
-                return verdict
-            try:
-                self.connection.ping()
-            except RedisError:
-                pass
-            else:  # Redis answers: ask PostgreSQL once more (the network may be back)
-                return bool(phase1_job.superseded_here(job, note))
-            if rqcompat.stop_requested(self) or time.monotonic() > deadline:
-                return False
-            self.log.warning(
-                "Worker %s: cut off from Redis and PostgreSQL with job %s's failure in hand; "
-                "waiting to learn whether another worker took it over",
-                self.name,
-                job.id,
-            )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        return None if cutoff.taken_over(self, job, note) else exc_info
 
 
 class Phase1Worker(_Phase1Base, FastWorker):
@@ -389,12 +312,8 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
         return int(max(1, min(remaining, self.job_monitoring_interval)) + HEARTBEAT_MARGIN)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        global _forking_horse
-        _forking_horse = True
-        try:
+        with forks.forking_horse():
             super().fork_work_horse(job, queue)
-        finally:
-            _forking_horse = False
 
     def subscribe(self) -> None:
         """RQ's, its command listener polling every second: RQ's 60 s stalled the worker's
@@ -440,60 +359,3 @@ class Phase1ForkingWorker(_Phase1Base, Worker):
             shutdown.requeue_interrupted(self, job, queue, execution)
             return
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-
-
-def queue_names(ctx: Phase1) -> list[str]:
-    return [ctx.settings.queue, keys.webhook_queue(ctx.settings.queue)]
-
-
-def build_worker(ctx: Phase1, *, fork: bool = False, name: str | None = None) -> _Phase1Base:
-    """A phase1 worker on the job and webhook queues, on a Redis connection of its own (RQ
-    raises that connection's socket timeout for its blocking dequeue)."""
-    worker_class: type[_Phase1Base] = Phase1ForkingWorker if fork else Phase1Worker
-    connection: Redis = redis_client(ctx.redis_url)
-    return worker_class(
-        queue_names(ctx),
-        connection=connection,
-        name=name,
-        shutdown_timeout=ctx.settings.shutdown_timeout,
-        # RQ's own maintenance (abandoned jobs, a dead scheduler restarted) at least every 15 s.
-        maintenance_interval=int(max(1, min(ctx.settings.reconcile_interval, 15))),
-    )
-
-
-def maintenance_tasks(ctx: Phase1) -> Maintenance:
-    """The periodic tasks every `phase1 worker` runs beside its work loop."""
-    maintenance = Maintenance()
-    maintenance.add(
-        "reconcile", ctx.settings.reconcile_interval, lambda: reconcile.run_periodically(ctx)
-    )
-    return maintenance
-
-
-def run(
-    ctx: Phase1,
-    *,
-    burst: bool = False,
-    fork: bool = False,
-    name: str | None = None,
-    checks: bool = True,
-) -> bool:
-    """Run one worker in this process until stopped (or, with `burst`, until queues drain)."""
-    install_worker_context(ctx)
-    appname.set_role("worker")
-    try:
-        if checks:
-            run_startup_checks(ctx, expect_scheduler=False)
-        worker = build_worker(ctx, fork=fork, name=name)
-    except RedisError as exc:
-        raise UnavailableError(
-            f"Redis at {redact_url(ctx.redis_url)} is unavailable: {exc} (set REDIS_URL)"
-        ) from exc
-    maintenance = maintenance_tasks(ctx)
-    maintenance.start()
-    sweeper = sweep.start(ctx)  # orphaned jobs of dead workers, found in seconds
-    try:
-        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
-    finally:
-        sweeper.stop()
-        maintenance.stop()

@@ -31,7 +31,7 @@ from faults.faultkit import FINAL, check_invariants, make_plans, start_worker, s
 from faults.sentinelkit import SentinelSet
 from phase1.context import Phase1, build
 from phase1.jobs import events
-from phase1.runtime.worker import build_worker
+from phase1.runtime.process import build_worker
 from phase1.settings import Settings
 
 Record = Callable[[str, str, str, float | None], None]

@@ -120,7 +120,7 @@ def test_supervisor_stops_its_workers_within_the_bound(
         what="a replacement worker",
     )
     # No pause here: the killed worker's forked scheduler, which lives on for a moment, holds
-    # no copy of the dead worker's dequeue socket (phase1.runtime.worker closes them in the child),
+    # no copy of the dead worker's dequeue socket (phase1.runtime.forks closes them in the child),
     # so Redis cannot serve a job to the dead worker.
     # Long enough that neither can finish within the timeout, whichever worker started first.
     plan_a, job_a = approve_slow(ctx, 5)

@@ -22,7 +22,7 @@ from phase1.context import Phase1, install_worker_context
 from phase1.domain import audit, plans
 from phase1.engine import rqcompat, success_writes
 from phase1.jobs import approval, events
-from phase1.runtime.worker import build_worker
+from phase1.runtime.process import build_worker
 from phase1.schemas import SAMPLE_ANALYSIS
 
 

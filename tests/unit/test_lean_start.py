@@ -54,7 +54,7 @@ def test_phase1_worker_runs_without_the_cli_libraries() -> None:
         from phase1.cli import workerstart
 
         def fake_run(args):
-            import phase1.jobs.phase1_job, phase1.runtime.worker  # a worker's imports
+            import phase1.jobs.phase1_job, phase1.runtime.process  # a worker's imports
             return 0
 
         workerstart.run_command = fake_run
@@ -77,7 +77,7 @@ def test_a_worker_loads_psycopg_only_when_postgresql_is_first_used() -> None:
     loaded = loaded_after(
         """
         import sys
-        import phase1.jobs.phase1_job, phase1.runtime.worker, phase1.runtime.startup_checks
+        import phase1.jobs.phase1_job, phase1.runtime.process
         from phase1.context import build
         from phase1.settings import load_settings
 
