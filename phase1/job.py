@@ -3,9 +3,10 @@
 
 These names are a wire contract: a job enqueued by any version of phase1 names them, and a
 worker of any version must find them, so a rolling upgrade never strands a job. The code
-lives in phase1.jobs.phase1_job.
+lives in phase1.jobs.phase1_job and phase1.jobs.failure.
 """
 
-from phase1.jobs.phase1_job import on_failure, run_phase1_job
+from phase1.jobs.failure import on_failure
+from phase1.jobs.phase1_job import run_phase1_job
 
 __all__ = ["on_failure", "run_phase1_job"]

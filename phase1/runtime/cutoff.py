@@ -13,20 +13,20 @@ from redis.exceptions import RedisError
 from rq.job import Job
 
 from phase1.engine import rqcompat
-from phase1.jobs import phase1_job
+from phase1.jobs import failure
 
 # How long a cut-off worker waits for the network before it handles the failure as usual.
 CUT_OFF_WAIT = 600.0
 
 
 def taken_over(worker: Any, job: Job, note: str) -> bool:
-    """Whether the job's attempt in `worker` was taken over (phase1_job.superseded_here):
+    """Whether the job's attempt in `worker` was taken over (failure.superseded_here):
     then its attempt is marked superseded with `note`, and the worker leaves the job alone.
     Waits (up to CUT_OFF_WAIT) while neither PostgreSQL nor Redis answers."""
     deadline = time.monotonic() + CUT_OFF_WAIT
     backoff = 1.0
     while True:
-        verdict = phase1_job.superseded_here(job, note)
+        verdict = failure.superseded_here(job, note)
         if verdict is not None:
             return verdict
         try:
@@ -34,7 +34,7 @@ def taken_over(worker: Any, job: Job, note: str) -> bool:
         except RedisError:
             pass
         else:  # Redis answers: ask PostgreSQL once more (the network may be back)
-            return bool(phase1_job.superseded_here(job, note))
+            return bool(failure.superseded_here(job, note))
         if rqcompat.stop_requested(worker) or time.monotonic() > deadline:
             return False
         worker.log.warning(

@@ -37,7 +37,7 @@ from phase1 import keys
 from phase1.context import Phase1
 from phase1.domain import audit, dead_letters
 from phase1.errors import UnavailableError
-from phase1.jobs import deadletter, events, phase1_job
+from phase1.jobs import deadletter, events, failure
 from phase1.jobs import queue as jobs
 from phase1.settings import redact_url
 
@@ -239,7 +239,7 @@ def _settle(ctx: Phase1, job_id: str, rq_status: str) -> bool:
         return False
     latest = job.latest_result()
     said = f": {latest.exc_string.strip()}" if latest is not None and latest.exc_string else ""
-    recorded = phase1_job.record_failure(
+    recorded = failure.record_failure(
         job,
         ctx.redis,
         reason="abandoned",

@@ -37,7 +37,7 @@ from rq.job_lifecycle import record_job_failure
 from phase1 import keys
 from phase1.context import Phase1
 from phase1.errors import Phase1Error
-from phase1.jobs import phase1_job
+from phase1.jobs import failure
 from phase1.schemas import FailureReason
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def recover(ctx: Phase1, orphan: Orphan) -> str:
     )
     # PostgreSQL first: a crash after it leaves the job started, and the next sweep finishes
     # the move (the attempt is recorded once: only an open attempt is closed).
-    recorded = phase1_job.record_failure(
+    recorded = failure.record_failure(
         job,
         redis,
         reason="abandoned",
@@ -279,7 +279,7 @@ def on_horse_killed(job: Job, retpid: int | None, ret_val: int | None, rusage: A
     if not final:
         next_retry_at = datetime.now(UTC) + timedelta(seconds=job.get_retry_interval())
     try:
-        recorded = phase1_job.record_failure(
+        recorded = failure.record_failure(
             job,
             job.connection,
             reason=reason,

@@ -26,7 +26,7 @@ from phase1.context import Phase1, build
 from phase1.db import Row
 from phase1.domain import audit, plans
 from phase1.errors import ConflictError
-from phase1.jobs import approval, deadletter, events, phase1_job
+from phase1.jobs import approval, deadletter, events, failure
 from phase1.jobs import queue as jobs
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
@@ -362,7 +362,7 @@ def test_rq_cleanup_of_an_abandoned_job_dead_letters_it_once(
     assert_one_terminal_state(ctx, job_id, "failed")
 
     # The same dead attempt reported again (the sweep and RQ racing) records nothing twice.
-    again = phase1_job.record_failure(
+    again = failure.record_failure(
         rq_job(ctx, job_id),
         ctx.redis,
         reason="abandoned",

@@ -18,7 +18,7 @@ from phase1 import keys
 from phase1.context import Phase1, build
 from phase1.domain import audit, phase1_tasks, plans
 from phase1.errors import UnavailableError
-from phase1.jobs import approval, deadletter, events, phase1_job
+from phase1.jobs import approval, deadletter, events, failure
 from phase1.runtime import reconcile
 from phase1.schemas import SAMPLE_ANALYSIS
 from phase1.settings import Settings
@@ -232,7 +232,7 @@ def test_a_final_failure_dead_lettered_while_postgresql_was_down_reaches_its_row
     with monkeypatch.context() as patched:
         patched.setattr(ctx, "transaction", down)
         with pytest.raises(UnavailableError):
-            phase1_job.record_failure(
+            failure.record_failure(
                 job,
                 ctx.redis,
                 reason="exception",

@@ -19,7 +19,7 @@ from support import Processes, wait_until
 from phase1 import keys
 from phase1.context import Phase1
 from phase1.domain import approval, plans
-from phase1.jobs import phase1_job, webhooks
+from phase1.jobs import failure, phase1_job, webhooks
 from phase1.runtime.worker import Phase1Worker
 from phase1.schemas import SAMPLE_ANALYSIS
 
@@ -59,7 +59,7 @@ def test_the_dotted_names_rq_stores_still_resolve() -> None:
     assert keys.JOB_FUNC == "phase1.job.run_phase1_job"
     assert keys.WEBHOOK_FUNC == "phase1.webhooks.deliver"
     assert import_attribute(keys.JOB_FUNC) is phase1_job.run_phase1_job
-    assert import_attribute("phase1.job.on_failure") is phase1_job.on_failure
+    assert import_attribute("phase1.job.on_failure") is failure.on_failure
     assert import_attribute(keys.WEBHOOK_FUNC) is webhooks.deliver
     assert import_attribute("phase1.webhooks.on_delivery_failure") is webhooks.on_delivery_failure
     assert import_attribute("phase1.worker.Phase1Worker") is Phase1Worker

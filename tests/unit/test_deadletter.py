@@ -21,7 +21,7 @@ from phase1.context import Phase1
 from phase1.errors import NotFoundError, PermanentJobError, UnavailableError
 from phase1.jobs import deadletter, heartbeat
 from phase1.jobs import queue as jobs
-from phase1.jobs.phase1_job import describe_failure
+from phase1.jobs.failure import describe_failure
 from phase1.runtime import sweep
 from phase1.settings import Settings
 
@@ -257,12 +257,12 @@ def test_a_killed_work_horse_records_its_attempt(
     """RQ hard-kills a horse at timeout + 60 s: that death is a timeout, others abandoned."""
     from datetime import UTC, datetime, timedelta
 
-    from phase1.jobs import phase1_job
+    from phase1.jobs import failure
 
     job = enqueue(ctx, "j1")
     job.started_at = datetime.now(UTC) - timedelta(seconds=ran_for)
     recorded: list[dict[str, Any]] = []
-    monkeypatch.setattr(phase1_job, "record_failure", lambda *a, **kw: recorded.append(kw))
+    monkeypatch.setattr(failure, "record_failure", lambda *a, **kw: recorded.append(kw))
     sweep.on_horse_killed(job, 4242, 9, None)  # wait status 9: killed by SIGKILL
     [call] = recorded
     assert call["reason"] == reason and call["error_type"] == "WorkHorseKilled"
@@ -273,12 +273,12 @@ def test_a_killed_work_horse_records_its_attempt(
 def test_a_failing_record_never_breaks_rqs_own_handling(
     ctx: Phase1, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phase1.jobs import phase1_job
+    from phase1.jobs import failure
 
     def down(*_a: Any, **_kw: Any) -> None:
         raise UnavailableError("PostgreSQL is down")
 
-    monkeypatch.setattr(phase1_job, "record_failure", down)
+    monkeypatch.setattr(failure, "record_failure", down)
     sweep.on_horse_killed(enqueue(ctx, "j1"), 4242, 9, None)  # logs, does not raise
 
 
@@ -312,10 +312,10 @@ def test_requeue_all_shows_a_bar_on_a_terminal_only_when_many(
 def test_a_horse_killed_after_its_work_committed_gets_one_no_op_run(
     ctx: Phase1, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phase1.jobs import phase1_job
+    from phase1.jobs import failure
 
     job = enqueue(ctx, "j1")
     job.retries_left = 0  # RQ would fail it
-    monkeypatch.setattr(phase1_job, "record_failure", lambda *a, **kw: "completed")
+    monkeypatch.setattr(failure, "record_failure", lambda *a, **kw: "completed")
     sweep.on_horse_killed(job, 4242, 9, None)
     assert job.should_retry  # so RQ runs it once more and marks it finished
