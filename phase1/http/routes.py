@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from phase1.http.app import Phase1App
 
 PLAN_ROUTE = "/api/marketplace/analysis/<plan_id:path>"
-# No slash in a job id (RQ refuses them): /jobs/<id>/cancel is the cancel route's alone.
-JOB_ROUTE = "/api/marketplace/jobs/<job_id:re:[^/]+>"
+# Any id, slashes and all, reaches the handler: one that is not a UUID is a 400, as for plans
+# (POST /jobs/<id>/cancel is the cancel route's; a GET of it is an id that is not a UUID).
+JOB_ROUTE = "/api/marketplace/jobs/<job_id:path>"
 JOBS_PREFIX = "/api/marketplace/jobs/"
 CANCEL_ROUTE = "/api/marketplace/jobs/<job_id:path>/cancel"
 # API answers describe live state: no cache may keep them.

@@ -217,9 +217,11 @@ def test_cli_pause_resume_cancel_and_info(ctx: Phase1) -> None:
     out = run("cancel", job_id, "--reason", "by hand", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["error"]["reason"] == "cancelled"
-    missing = run("cancel", "nope")
+    missing = run("cancel", str(uuid.uuid4()))
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    malformed = run("cancel", "nope")
+    assert malformed.returncode == 2 and "job id 'nope' is not a UUID" in malformed.stderr
     bad = run("pause", "two words")
     assert bad.returncode == 2 and "not valid" in bad.stderr
 
