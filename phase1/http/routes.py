@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from phase1.http.app import Phase1App
 
 PLAN_ROUTE = "/api/marketplace/analysis/<plan_id:path>"
-# Any id, slashes and all, reaches the handler: one that is not a UUID is a 400, as for plans
-# (POST /jobs/<id>/cancel is the cancel route's; a GET of it is an id that is not a UUID).
-JOB_ROUTE = "/api/marketplace/jobs/<job_id:path>"
+# Any id, slashes and all, reaches the handler (one that is not a UUID is a 400, as for plans),
+# but for a path ending in /cancel: that is the cancel route's alone (a GET of it is a 405).
+JOB_ROUTE = "/api/marketplace/jobs/<job_id:re:.+(?<!/cancel)>"
 JOBS_PREFIX = "/api/marketplace/jobs/"
 CANCEL_ROUTE = "/api/marketplace/jobs/<job_id:path>/cancel"
 # API answers describe live state: no cache may keep them.
