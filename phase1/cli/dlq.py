@@ -240,22 +240,7 @@ def requeue(
                     fail(str(exc))  # the error line now; the exit code once the rest moved
             steps.advance()
     if as_json:
-        print_json(
-            {
-                "queue": queue,
-                "dryRun": dry_run,
-                "requeued": [
-                    {
-                        "jobId": r.job_id,
-                        "planId": r.plan_id,
-                        "attemptsSoFar": r.attempts_so_far,
-                        "freshAttempts": r.fresh_attempts,
-                    }
-                    for r in moved
-                ],
-                "missing": missing,
-            }
-        )
+        print_json(_requeued_json(queue, dry_run, moved, missing))
     else:
         for r in moved:
             typer.echo(r.job_id)
@@ -321,25 +306,30 @@ def _requeue_all(
     if not dry_run:
         bulkrequeue.end(conn)
     if as_json:
-        print_json(
-            {
-                "queue": queue,
-                "dryRun": dry_run,
-                "requeued": [
-                    {
-                        "jobId": r.job_id,
-                        "planId": r.plan_id,
-                        "attemptsSoFar": r.attempts_so_far,
-                        "freshAttempts": r.fresh_attempts,
-                    }
-                    for r in moved
-                ],
-                "missing": [],
-            }
-        )
+        print_json(_requeued_json(queue, dry_run, moved, []))
         return
     verb = "would send back" if dry_run else "sent back"
     if not ids:
         err.print(f"the dead-letter queue of {queue} has nothing to send back", highlight=False)
     else:
         err.print(f"{verb} {len(moved)} job(s) to {queue}", highlight=False)
+
+
+def _requeued_json(
+    queue: str, dry_run: bool, moved: list[deadletter.Requeued], missing: list[str]
+) -> dict[str, object]:
+    """What `dlq requeue --json` prints, by ids or --all."""
+    return {
+        "queue": queue,
+        "dryRun": dry_run,
+        "requeued": [
+            {
+                "jobId": r.job_id,
+                "planId": r.plan_id,
+                "attemptsSoFar": r.attempts_so_far,
+                "freshAttempts": r.fresh_attempts,
+            }
+            for r in moved
+        ],
+        "missing": missing,
+    }
